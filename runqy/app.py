@@ -1,0 +1,146 @@
+"""The handler registry behind ``@task`` and ``@load``, and the binding of a handler to its context."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar, overload
+
+from runqy.aio import EventLoopThread
+from runqy.context import TaskInfo, _current
+from runqy.errors import HandlerNotRegistered, LoadFailed, RetryableError
+from runqy.protocol import TaskRequest, TaskResponse
+
+__all__ = ["BoundHandler", "Registry", "default_registry", "load", "task"]
+
+log = logging.getLogger("runqy")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Registry:
+    """Holds the one ``@task`` handler of a worker and its optional ``@load`` function."""
+
+    def __init__(self) -> None:
+        self.handler: Callable[..., Any] | None = None
+        self.loader: Callable[[], Any] | None = None
+
+    @overload
+    def task(self, fn: F, /) -> F: ...
+    @overload
+    def task(self, fn: None = None, /) -> Callable[[F], F]: ...
+    def task(self, fn: F | None = None, /) -> F | Callable[[F], F]:
+        """Register the task handler: ``handler(payload)`` or ``handler(payload, ctx)``; may be ``async def``."""
+        if fn is None:
+            return self.task
+        if self.handler is not None and self.handler is not fn:
+            log.warning("@task %s replaces the handler registered before, %s", _name(fn), _name(self.handler))
+        self.handler = fn
+        return fn
+
+    def load(self, fn: F, /) -> F:
+        """Register the function run once per process before serving; its return value is the handler's ``ctx``."""
+        self.loader = fn
+        return fn
+
+    def bind(self) -> BoundHandler:
+        """Run ``@load`` (in this process) and bind its result to the handler.
+
+        Raises :class:`HandlerNotRegistered` without a handler and :class:`LoadFailed`
+        when the loader raised.
+        """
+        if self.handler is None:
+            raise HandlerNotRegistered("no task handler registered: decorate your handler function with @task")
+        loop = EventLoopThread() if _is_async(self.handler) or _is_async(self.loader) else None
+        ctx = None
+        if self.loader is not None:
+            try:
+                ctx = loop.run(self.loader()) if loop is not None and _is_async(self.loader) else self.loader()
+            except Exception as exc:
+                if loop is not None:
+                    loop.close()
+                raise LoadFailed(f"@load {_name(self.loader)} failed: {type(exc).__name__}: {exc}") from exc
+        pass_ctx = self.loader is not None or _positional_arity(self.handler) >= 2
+        return BoundHandler(self.handler, ctx, pass_ctx, loop)
+
+
+class BoundHandler:
+    """A handler bound to its ``@load`` context: runs one attempt of a task and maps its outcome."""
+
+    def __init__(self, fn: Callable[..., Any], ctx: Any, pass_ctx: bool, loop: EventLoopThread | None) -> None:
+        self.fn = fn
+        self.ctx = ctx
+        self.pass_ctx = pass_ctx
+        self.loop = loop
+        self.is_async = _is_async(fn)
+
+    def execute(self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None) -> TaskResponse:
+        """Run a synchronous handler once in the calling thread; never raises."""
+        token = _current.set(TaskInfo.for_request(request, attempt, cancel or _NEVER_CANCELLED))
+        try:
+            result = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
+        except BaseException as exc:  # noqa: BLE001 - a SystemExit in a handler must fail the task, not the worker
+            return failure_response(request, exc)
+        finally:
+            _current.reset(token)
+        return TaskResponse(request.task_id, result)
+
+    async def execute_async(self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None) -> TaskResponse:
+        """Run an ``async def`` handler once on the worker's loop; never raises except on cancellation."""
+        _current.set(TaskInfo.for_request(request, attempt, cancel or _NEVER_CANCELLED))
+        try:
+            coro = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
+            result = await coro
+        except Exception as exc:
+            return failure_response(request, exc)
+        return TaskResponse(request.task_id, result)
+
+    def execute_blocking(self, request: TaskRequest, attempt: int = 1) -> TaskResponse:
+        """Run one attempt of either kind of handler and wait for it, without a time limit."""
+        if self.loop is not None and self.is_async:
+            return self.loop.run(self.execute_async(request, attempt))
+        return self.execute(request, attempt)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+
+
+# Shared by every attempt that has no time limit: nothing ever cancels those.
+_NEVER_CANCELLED = threading.Event()
+
+
+def failure_response(request: TaskRequest, exc: BaseException) -> TaskResponse:
+    """Map a handler's exception to a response: ``RetryableError`` is retryable, the rest is not."""
+    if isinstance(exc, RetryableError):
+        return TaskResponse.failure(request.task_id, str(exc) or type(exc).__name__, retry=True)
+    return TaskResponse.failure(request.task_id, "".join(traceback.format_exception(exc)).rstrip())
+
+
+def _is_async(fn: Callable[..., Any] | None) -> bool:
+    return fn is not None and inspect.iscoroutinefunction(fn)
+
+
+def _positional_arity(fn: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 1
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return 2
+    return sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds)
+
+
+def _name(fn: Callable[..., Any] | None) -> str:
+    return getattr(fn, "__qualname__", repr(fn))
+
+
+default_registry = Registry()
+#: Register the worker's task handler (``@task``), as in runqy-python.
+task = default_registry.task
+#: Register the worker's loader (``@load``), as in runqy-python.
+load = default_registry.load

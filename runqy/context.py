@@ -1,0 +1,51 @@
+"""What a handler can learn about the task it runs: :func:`current_task`."""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from runqy.errors import RunqyError
+from runqy.protocol import TaskRequest
+
+__all__ = ["TaskInfo", "current_task"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """The task a handler is running, available through :func:`current_task` in any thread or process."""
+
+    task_id: str
+    type: str
+    queue: str
+    #: How often the Go worker has retried this task before (0 on its first delivery).
+    retry_count: int
+    #: How often the Go worker will retry it at most.
+    max_retry: int
+    #: This attempt's number within the local retries of runqy, starting at 1.
+    attempt: int = 1
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once runqy gave up on this attempt (it timed out); a cooperative handler stops then."""
+        return self._cancel.is_set()
+
+    @classmethod
+    def for_request(cls, request: TaskRequest, attempt: int, cancel: threading.Event) -> TaskInfo:
+        return cls(request.task_id, request.type, request.queue, request.retry_count, request.max_retry, attempt, cancel)
+
+
+_current: ContextVar[TaskInfo] = ContextVar("runqy_current_task")
+
+
+def current_task() -> TaskInfo:
+    """Return the task being handled by the calling code.
+
+    Raises :class:`RunqyError` when called outside a task handler.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RunqyError("current_task() is only available while a @task handler runs") from None

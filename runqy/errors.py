@@ -1,0 +1,87 @@
+"""The exception hierarchy: every error runqy raises derives from :class:`RunqyError`."""
+
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+
+__all__ = [
+    "ConfigError",
+    "HandlerNotRegistered",
+    "LoadFailed",
+    "ProtocolError",
+    "RetryableError",
+    "RunnerBroken",
+    "RunqyError",
+    "TaskTimeout",
+    "WorkerCrashed",
+]
+
+
+class RunqyError(Exception):
+    """Raised for any failure that runqy itself detects; the root of this hierarchy."""
+
+
+class RetryableError(RunqyError):
+    """Raised by a handler to say that the task failed but may succeed if tried again.
+
+    runqy retries it locally up to ``max_retries`` times, then answers the Go worker
+    with ``retry: true`` so that the queue retries it later.
+    """
+
+
+class ConfigError(RunqyError, ValueError):
+    """Raised when settings are invalid: names the field, the source and the fix."""
+
+
+class ProtocolError(RunqyError):
+    """Raised when a line from the Go worker is not a valid task request.
+
+    ``task_id`` is the id read from the line when one could be, else ``""``.
+    """
+
+    def __init__(self, message: str, task_id: str = "") -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class HandlerNotRegistered(RunqyError):
+    """Raised when a worker is started without a ``@task`` handler."""
+
+
+class LoadFailed(RunqyError):
+    """Raised when the ``@load`` function of a worker raised; the cause is chained."""
+
+
+class TaskTimeout(RunqyError, TimeoutError):
+    """Raised when one attempt of a task ran longer than ``task_timeout_s``."""
+
+    def __init__(self, timeout_s: float, attempt: int) -> None:
+        super().__init__(f"task timed out: attempt {attempt} ran longer than task_timeout_s={timeout_s:g}")
+        self.timeout_s = timeout_s
+        self.attempt = attempt
+
+
+class WorkerCrashed(RunqyError):
+    """Raised when the process running a task died before answering it."""
+
+    def __init__(self, exitcode: int | None, detail: str = "") -> None:
+        self.exitcode = exitcode
+        self.signal_name = _signal_name(exitcode)
+        how = f"killed by {self.signal_name}" if self.signal_name else f"exited with code {exitcode}"
+        super().__init__(f"worker process {how}{': ' + detail if detail else ''}")
+
+
+class RunnerBroken(RunqyError, BrokenExecutor):
+    """Raised when a runner can no longer run tasks (for example a crash loop); the process must restart."""
+
+
+def _signal_name(exitcode: int | None) -> str | None:
+    """multiprocessing reports death by signal N as exit code -N."""
+    import signal
+
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"

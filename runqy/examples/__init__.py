@@ -1,0 +1,1 @@
+"""Example workers shipped with runqy, runnable with ``runqy run runqy.examples.NAME``."""

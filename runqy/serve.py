@@ -1,0 +1,226 @@
+"""The serving loop: read requests, hand them to the runner, answer each exactly once, shut down cleanly.
+
+    stdin ──reader thread──> parse ──> InFlight.admit ──> runner.submit
+                                                             │ (any thread)
+    stdout <──writer thread── ProtocolChannel <── InFlight.answer (first answer wins)
+
+The main thread only waits: for stdin EOF, a signal, or a fatal runner error. Then it
+stops admitting, lets in-flight tasks finish, answers whatever could not finish, and
+returns the process exit code.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Final
+
+from runqy.errors import ProtocolError
+from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
+from runqy.runners.base import Runner
+
+__all__ = ["InFlight", "Server", "StopReason"]
+
+log = logging.getLogger("runqy")
+
+_READ_CHUNK_BYTES: Final = 1 << 16
+#: Requests held beyond the runner's capacity before the reader waits. The Go worker
+#: never sends more than its concurrency, so this only bounds a misbehaving driver.
+_MAX_QUEUED: Final = 10_000
+#: How long closing the runner may take once every task is answered or given up.
+_RUNNER_CLOSE_TIMEOUT_S: Final = 2.0
+
+
+class StopReason(enum.Enum):
+    EOF = "stdin closed"
+    SIGNAL = "signal"
+    FATAL = "runner failure"
+    ONE_SHOT = "one-shot task answered"
+
+
+@dataclass(eq=False, slots=True)
+class _Ticket:
+    request: TaskRequest
+    answered: bool = field(default=False)
+
+
+class InFlight:
+    """Every accepted task until it is answered: the single place that guarantees exactly one answer."""
+
+    def __init__(self, channel: ProtocolChannel, limit: int) -> None:
+        self._channel = channel
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._open: set[_Ticket] = set()
+        self._slots = threading.BoundedSemaphore(limit)
+        self._closed = False
+
+    def admit(self, request: TaskRequest) -> _Ticket | None:
+        """Accept a request, waiting while too many are queued; None once shutdown began."""
+        self._slots.acquire()
+        with self._lock:
+            if self._closed:
+                self._slots.release()
+                return None
+            ticket = _Ticket(request)
+            self._open.add(ticket)
+            return ticket
+
+    def answer(self, ticket: _Ticket, response: TaskResponse) -> None:
+        """Send the response for a ticket, unless it was already answered (a late reply after a give-up)."""
+        line = encode_response(response)
+        with self._lock:
+            if ticket.answered:
+                log.debug("dropping a late response for task %s", ticket.request.task_id)
+                return
+            ticket.answered = True
+            self._open.discard(ticket)
+            self._channel.send(line)
+            if not self._open:
+                self._idle.notify_all()
+        self._slots.release()
+
+    def close(self) -> None:
+        """Stop admitting new requests."""
+        with self._lock:
+            self._closed = True
+
+    def wait_idle(self, timeout_s: float | None) -> bool:
+        """Wait until every admitted task is answered; False on timeout."""
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._open, timeout_s)
+
+    def give_up(self, why: str) -> int:
+        """Answer every open task with a retryable error; returns how many there were."""
+        with self._lock:
+            tickets = list(self._open)
+        for ticket in tickets:
+            self.answer(ticket, TaskResponse.failure(ticket.request.task_id, why, retry=True))
+        return len(tickets)
+
+
+class Server:
+    """Serves one runner over the protocol until stdin closes, a signal arrives, or the runner fails."""
+
+    def __init__(self, runner: Runner, channel: ProtocolChannel, *, shutdown_timeout_s: float, one_shot: bool = False) -> None:
+        self.runner = runner
+        self.channel = channel
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.one_shot = one_shot
+        self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED)
+        self._stop = threading.Event()
+        self._reason: StopReason | None = None
+        self._signals_seen = 0
+
+    def serve(self, stdin_fd: int = 0) -> int:
+        """Serve until stopped; returns the exit code for the process (0 or 1)."""
+        self.runner.on_fatal = self._on_fatal
+        restore = self._install_signal_handlers()
+        try:
+            reader = threading.Thread(target=self._read, args=(stdin_fd,), name="runqy-reader", daemon=True)
+            reader.start()
+            self._stop.wait()
+            return self._shut_down()
+        finally:
+            restore()
+
+    def _stop_with(self, reason: StopReason) -> None:
+        if self._reason is None:
+            self._reason = reason
+        self._stop.set()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _read(self, fd: int) -> None:
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(fd, _READ_CHUNK_BYTES)
+            except OSError as exc:
+                log.error("cannot read stdin: %s", exc)
+                chunk = b""
+            if not chunk:
+                if pending.strip():
+                    self._handle_line(pending)  # a last line without its newline is still a request
+                self._stop_with(StopReason.EOF)
+                return
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if self._handle_line(line) and self.one_shot:
+                    self._stop_with(StopReason.ONE_SHOT)
+                    return
+
+    def _handle_line(self, line: bytes) -> bool:
+        """Submit or answer one line; True when it was a task request that was accepted."""
+        if not line.strip():
+            return False
+        try:
+            request = parse_request(line)
+        except ProtocolError as exc:
+            log.warning("%s", exc)
+            self.channel.send(encode_response(TaskResponse.failure(exc.task_id, str(exc))))
+            return False
+        ticket = self.inflight.admit(request)
+        if ticket is None:
+            why = "worker is shutting down and accepts no new tasks; retry it on another worker"
+            self.channel.send(encode_response(TaskResponse.failure(request.task_id, why, retry=True)))
+            return False
+        try:
+            self.runner.submit(request, lambda response: self.inflight.answer(ticket, response))
+        except Exception as exc:  # noqa: BLE001 - a runner that cannot take the task must still answer it
+            self.inflight.answer(ticket, TaskResponse.failure(request.task_id, f"runner rejected the task: {exc}", retry=True))
+        return True
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            # The supervisor insists: whatever is still running is lost anyway.
+            os._exit(128 + signum)
+        log.info("received %s: finishing in-flight tasks (up to %gs), then exiting", signal.Signals(signum).name, self.shutdown_timeout_s)
+        self._stop_with(StopReason.SIGNAL)
+
+    def _on_fatal(self, exc: BaseException) -> None:
+        log.critical("runner failed, exiting so that the worker restarts this process: %s", exc)
+        self._stop_with(StopReason.FATAL)
+
+    def _shut_down(self) -> int:
+        reason = self._reason
+        self.inflight.close()
+        if reason is StopReason.FATAL:
+            drained = False
+        elif reason is StopReason.SIGNAL:
+            drained = self.inflight.wait_idle(self.shutdown_timeout_s)
+        else:
+            # stdin closed (one-shot, or the worker went away): the tasks we hold are bounded by their own timeouts.
+            drained = self.inflight.wait_idle(None)
+        if not drained:
+            why = (
+                "worker process is restarting after a runner failure"
+                if reason is StopReason.FATAL
+                else f"worker shut down before the task finished (shutdown_timeout_s={self.shutdown_timeout_s:g})"
+            )
+            count = self.inflight.give_up(why)
+            log.warning("gave up on %d unfinished task(s): %s", count, why)
+        self.channel.flush()
+        self.runner.close(timeout_s=0 if not drained else _RUNNER_CLOSE_TIMEOUT_S)
+        return 1 if reason is StopReason.FATAL else 0

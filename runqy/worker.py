@@ -1,0 +1,136 @@
+"""The Worker facade and the runqy-python compatible ``run()`` / ``run_once()``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from types import TracebackType
+from typing import Any
+
+from runqy.app import Registry, default_registry
+from runqy.errors import HandlerNotRegistered, LoadFailed
+from runqy.protocol import READY_LINE, ProtocolChannel, error_status_line
+from runqy.runners.base import Runner
+from runqy.serve import Server
+from runqy.settings import RunqySettings, load_settings
+
+__all__ = ["Worker", "run", "run_once"]
+
+log = logging.getLogger("runqy")
+
+# Claimed once per process: a second claim would hand the protocol to stderr.
+_channel: ProtocolChannel | None = None
+
+
+class Worker:
+    """A handler registry served by the runner its settings choose; start it with :meth:`run`.
+
+    The runner is built and started once (``@load`` runs then) and reused by every
+    later call, until :meth:`close`.
+    """
+
+    def __init__(self, settings: RunqySettings | None = None, registry: Registry | None = None) -> None:
+        self.settings = settings or load_settings()
+        self.registry = registry or default_registry
+        self._runner: Runner | None = None
+
+    @property
+    def runner(self) -> Runner:
+        """The started runner (starting it, and so running ``@load``, on first use)."""
+        if self._runner is None:
+            runner = self.settings.build_runner()
+            runner.start(self.registry)
+            self._runner = runner
+        return self._runner
+
+    def run(self) -> None:
+        """Serve tasks from stdin until it closes or a signal arrives (long-running mode)."""
+        self._serve(one_shot=False)
+
+    def run_once(self) -> None:
+        """Serve exactly one task, then return (one-shot mode)."""
+        self._serve(one_shot=True)
+
+    def _serve(self, *, one_shot: bool) -> None:
+        _configure_logging(self.settings.log_level)
+        channel = _claim_channel()
+        try:
+            runner = self.runner
+        except (HandlerNotRegistered, LoadFailed) as exc:
+            log.error("%s", exc, exc_info=isinstance(exc, LoadFailed))
+            channel.send(error_status_line(str(exc)))
+            _exit_now(channel, 1)
+        log.info("ready: %r", runner)
+        channel.send(READY_LINE)
+        server = Server(runner, channel, shutdown_timeout_s=self.settings.shutdown_timeout_s, one_shot=one_shot)
+        code = server.serve()
+        stuck = runner.abandoned_attempts
+        if code != 0 or stuck:
+            if stuck:
+                log.warning("exiting with %d timed-out attempt(s) still running in abandoned threads", stuck)
+            # Interpreter shutdown would wait for threads that may never end.
+            _exit_now(channel, code)
+        self.close()
+
+    def close(self) -> None:
+        """Close the runner (finishing what it runs) and release its threads or processes."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Worker runner={self.settings.runner_name!r}>"
+
+
+def run(*, workers: int | None = None, **settings: Any) -> None:
+    """Serve the ``@task`` handler over stdin/stdout, as runqy-python's ``run()`` does.
+
+    ``workers=N`` (N > 1) runs N tasks at once on threads; any other keyword is a
+    :class:`RunqySettings` field and wins over the environment and TOML files.
+    """
+    if workers is not None:
+        settings["python_workers"] = workers
+    if _is_runqy_child():
+        return  # imported again inside a runner's child process: the parent serves
+    Worker(load_settings(**settings)).run()
+
+
+def run_once(**settings: Any) -> None:
+    """Serve exactly one task, as runqy-python's ``run_once()`` does."""
+    if _is_runqy_child():
+        return
+    Worker(load_settings(**settings)).run_once()
+
+
+def _is_runqy_child() -> bool:
+    return os.environ.get("RUNQY_CHILD_PROCESS") == "1"
+
+
+def _claim_channel() -> ProtocolChannel:
+    global _channel
+    if _channel is None:
+        _channel = ProtocolChannel.claim_stdout()
+    return _channel
+
+
+def _exit_now(channel: ProtocolChannel, code: int) -> None:
+    channel.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _configure_logging(level: str) -> None:
+    """Log runqy's own messages to stderr unless the application configured logging itself."""
+    if logging.getLogger().handlers or log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("runqy %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
