@@ -88,13 +88,15 @@ class BoundHandler:
             _current.reset(token)
         return TaskResponse(request.task_id, result)
 
-    async def execute_async(self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None) -> TaskResponse:
+    async def execute_async(
+        self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None
+    ) -> TaskResponse:
         """Run an ``async def`` handler once on the worker's loop; never raises except on cancellation."""
         _current.set(TaskInfo.for_request(request, attempt, cancel or _NEVER_CANCELLED))
         try:
             coro = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
             result = await coro
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every handler error becomes the task's error response
             return failure_response(request, exc)
         return TaskResponse(request.task_id, result)
 

@@ -35,7 +35,7 @@ class RetryPolicy:
 
     def backoff_s(self, failed_attempt: int) -> float:
         """Exponential backoff with full jitter, so that retries of many tasks do not move in step."""
-        return self.retry_backoff_s * (2 ** (failed_attempt - 1)) * random.uniform(0.5, 1.0)
+        return self.retry_backoff_s * (2.0 ** (failed_attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 class AttemptEngine:
@@ -91,7 +91,9 @@ class AttemptEngine:
                 return self._free.pop()
         return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="runqy-attempt")
 
-    def _abandon(self, executor: concurrent.futures.ThreadPoolExecutor, future: concurrent.futures.Future[TaskResponse]) -> None:
+    def _abandon(
+        self, executor: concurrent.futures.ThreadPoolExecutor, future: concurrent.futures.Future[TaskResponse]
+    ) -> None:
         executor.shutdown(wait=False)
         with self._lock:
             self.abandoned += 1

@@ -34,7 +34,9 @@ class TaskInfo:
 
     @classmethod
     def for_request(cls, request: TaskRequest, attempt: int, cancel: threading.Event) -> TaskInfo:
-        return cls(request.task_id, request.type, request.queue, request.retry_count, request.max_retry, attempt, cancel)
+        return cls(
+            request.task_id, request.type, request.queue, request.retry_count, request.max_retry, attempt, cancel
+        )
 
 
 _current: ContextVar[TaskInfo] = ContextVar("runqy_current_task")

@@ -137,9 +137,12 @@ def encode_response(response: TaskResponse) -> bytes:
     try:
         result = _ENCODER.encode(response.result)
     except (TypeError, ValueError, RecursionError) as exc:
-        result, error = "null", _clip(
-            f"result is not JSON: {exc}; return dicts, lists, strings, finite numbers, booleans or None"
-            + (f" (the handler's own error was: {error})" if error else "")
+        result, error = (
+            "null",
+            _clip(
+                f"result is not JSON: {exc}; return dicts, lists, strings, finite numbers, booleans or None"
+                + (f" (the handler's own error was: {error})" if error else "")
+            ),
         )
         response = TaskResponse(response.task_id, None, error, False)
     line = _line(task_id, result, error, response.retry)

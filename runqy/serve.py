@@ -108,7 +108,9 @@ class InFlight:
 class Server:
     """Serves one runner over the protocol until stdin closes, a signal arrives, or the runner fails."""
 
-    def __init__(self, runner: Runner, channel: ProtocolChannel, *, shutdown_timeout_s: float, one_shot: bool = False) -> None:
+    def __init__(
+        self, runner: Runner, channel: ProtocolChannel, *, shutdown_timeout_s: float, one_shot: bool = False
+    ) -> None:
         self.runner = runner
         self.channel = channel
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -175,7 +177,9 @@ class Server:
         try:
             self.runner.submit(request, lambda response: self.inflight.answer(ticket, response))
         except Exception as exc:  # noqa: BLE001 - a runner that cannot take the task must still answer it
-            self.inflight.answer(ticket, TaskResponse.failure(request.task_id, f"runner rejected the task: {exc}", retry=True))
+            self.inflight.answer(
+                ticket, TaskResponse.failure(request.task_id, f"runner rejected the task: {exc}", retry=True)
+            )
         return True
 
     # --- stopping ----------------------------------------------------------------------------
@@ -196,7 +200,11 @@ class Server:
         if self._signals_seen > 1:
             # The supervisor insists: whatever is still running is lost anyway.
             os._exit(128 + signum)
-        log.info("received %s: finishing in-flight tasks (up to %gs), then exiting", signal.Signals(signum).name, self.shutdown_timeout_s)
+        log.info(
+            "received %s: finishing in-flight tasks (up to %gs), then exiting",
+            signal.Signals(signum).name,
+            self.shutdown_timeout_s,
+        )
         self._stop_with(StopReason.SIGNAL)
 
     def _on_fatal(self, exc: BaseException) -> None:

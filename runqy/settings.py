@@ -28,7 +28,14 @@ from runqy.errors import ConfigError
 if TYPE_CHECKING:
     from runqy.runners.base import Runner
 
-__all__ = ["CONFIG_ENV_VAR", "RUNNER_ALIASES", "RunnerOptions", "RunqySettings", "load_settings", "resolve_runner_class"]
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "RUNNER_ALIASES",
+    "RunnerOptions",
+    "RunqySettings",
+    "load_settings",
+    "resolve_runner_class",
+]
 
 #: The environment variable naming a TOML settings file.
 CONFIG_ENV_VAR = "RUNQY_CONFIG"

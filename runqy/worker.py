@@ -21,6 +21,12 @@ log = logging.getLogger("runqy")
 
 # Claimed once per process: a second claim would hand the protocol to stderr.
 _channel: ProtocolChannel | None = None
+_served = False
+
+
+def served_in_this_process() -> bool:
+    """True once a worker served in this process (a script may call ``run()`` while being imported)."""
+    return _served
 
 
 class Worker:
@@ -53,6 +59,8 @@ class Worker:
         self._serve(one_shot=True)
 
     def _serve(self, *, one_shot: bool) -> None:
+        global _served
+        _served = True
         _configure_logging(self.settings.log_level)
         channel = _claim_channel()
         try:
@@ -82,7 +90,9 @@ class Worker:
     def __enter__(self) -> Worker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -26,7 +26,9 @@ class SequentialRunner(Runner):
     a task timeout abandons the stuck attempt and moves on.
     """
 
-    capabilities: ClassVar[Capabilities] = Capabilities(hard_timeout=False, shares_load_context=True, cpu_parallel=False)
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        hard_timeout=False, shares_load_context=True, cpu_parallel=False
+    )
 
     def __init__(self, policy: RetryPolicy | None = None) -> None:
         super().__init__()
