@@ -3,35 +3,62 @@
 It does what ``runqy-worker`` does (PROTOCOL.md): starts the process with pipes, waits
 for the ready line (skipping other lines, failing on an error status), keeps up to
 ``concurrency`` requests outstanding, writes whole lines under a lock, matches
-responses by task id in any order, and drains stderr line by line. ``runqy local``,
-the tests and the benchmarks all drive workers through it.
+responses by task id in any order, and drains stderr line by line. It reads stdout as
+strictly as the Go worker does: a line that worker would drop (not JSON, ``NaN``, a
+non-string ``task_id`` or ``error``, a non-bool ``retry``, over 10 MiB) is recorded
+in :attr:`LocalWorker.garbage_lines` and explained in :attr:`LocalWorker.violations`.
+``runqy local``, ``runqy bench``, the tests and the benchmarks all drive workers
+through it.
+
+    caller thread ──run()/submit()──> one write per batch of requests ──> worker stdin
+    worker stdout ──stdout thread: parse a chunk, match ids──> finished batch ──> run() yields
+    worker stderr ──stderr thread: line by line──> stderr_lines, on_stderr_line
+
+The driver must not be what limits a benchmark: requests are encoded and written in
+batches, and finished tasks are handed from the stdout thread to :meth:`run` a chunk
+at a time, so the cost per task is a JSON encode, a JSON decode and a dict lookup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
+import os
 import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final, TextIO
 
 from runqy.errors import RunqyError
+from runqy.local_stats import Outcome, RunSummary
 
-__all__ = ["LocalWorker", "Outcome", "RunSummary", "WorkerStartFailed", "make_request"]
-
-log = logging.getLogger("runqy.local")
+__all__ = ["LocalWorker", "Outcome", "Pending", "RunSummary", "WorkerStartFailed", "forward_stderr", "make_request"]
 
 #: The Go worker waits this long for the ready line by default.
 DEFAULT_STARTUP_TIMEOUT_S: Final = 60.0
 #: After SIGTERM the Go worker waits this long before SIGKILL.
 SIGTERM_GRACE_S: Final = 10.0
+#: The Go worker's stdout reader gives up for good on a longer line.
+MAX_STDOUT_LINE_BYTES: Final = 10 * 1024 * 1024
+#: The Go worker stops draining stderr at a longer line (and the child then blocks).
+MAX_STDERR_LINE_BYTES: Final = 1024 * 1024
+#: How long to wait for a reader thread once the process has exited: a grandchild may still hold the pipe.
+_READER_JOIN_S: Final = 2.0
+_READ_CHUNK_BYTES: Final = 1 << 16
+# Go's encoder writes compact JSON; so do we, once per request.
+_ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# NaN and Infinity are not JSON: the Go worker drops such a line and the task hangs.
+_DECODE: Final = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 class WorkerStartFailed(RunqyError):
@@ -43,7 +70,7 @@ def make_request(
 ) -> dict[str, Any]:
     """A request exactly as the Go worker writes it: six keys, in its order."""
     return {
-        "task_id": task_id or str(uuid.uuid4()),
+        "task_id": task_id or os.urandom(16).hex(),
         "type": queue.partition(".")[0],
         "payload": payload,
         "retry_count": retry_count,
@@ -52,79 +79,28 @@ def make_request(
     }
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One request and what became of it."""
+class Pending:
+    """A request sent to the worker; ``response`` is set when it is answered (None if it never was)."""
 
-    request: dict[str, Any]
-    response: dict[str, Any] | None
-    latency_s: float
+    __slots__ = ("_event", "answered_at", "finished", "request", "response", "sent_at", "sink")
 
-    @property
-    def status(self) -> str:
-        """``ok``, ``failed``, ``retryable`` or ``lost`` (no answer before the worker stopped)."""
-        if self.response is None:
-            return "lost"
-        if not self.response.get("error"):
-            return "ok"
-        return "retryable" if self.response.get("retry") else "failed"
-
-
-@dataclass
-class RunSummary:
-    """Counts, throughput and latency of a run, as ``runqy local`` prints them."""
-
-    outcomes: list[Outcome] = field(default_factory=list)
-    elapsed_s: float = 0.0
-    exit_code: int | None = None
-
-    def count(self, status: str) -> int:
-        return sum(outcome.status == status for outcome in self.outcomes)
-
-    def latency_percentile_s(self, percent: float) -> float:
-        latencies = sorted(o.latency_s for o in self.outcomes if o.response is not None)
-        if not latencies:
-            return 0.0
-        return latencies[min(len(latencies) - 1, int(len(latencies) * percent / 100))]
-
-    @property
-    def tasks_per_s(self) -> float:
-        return len(self.outcomes) / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def describe(self) -> str:
-        return (
-            f"{len(self.outcomes)} tasks in {self.elapsed_s:.2f}s ({self.tasks_per_s:.1f}/s): "
-            f"ok={self.count('ok')} failed={self.count('failed')} retryable={self.count('retryable')} "
-            f"lost={self.count('lost')}; latency p50={self.latency_percentile_s(50) * 1000:.1f}ms "
-            f"p99={self.latency_percentile_s(99) * 1000:.1f}ms; worker exit code {self.exit_code}"
-        )
-
-
-class _Pending:
-    """A request sent and not yet answered."""
-
-    __slots__ = ("answered_at", "done", "on_done", "request", "response", "sent_at")
-
-    def __init__(self, request: dict[str, Any], on_done: Callable[[_Pending], None] | None = None) -> None:
+    def __init__(self, request: dict[str, Any], sink: queue.SimpleQueue[list[Pending]] | None = None) -> None:
         self.request = request
         self.response: dict[str, Any] | None = None
-        self.on_done = on_done
-        self.sent_at = self.answered_at = time.perf_counter()
-        self.done = threading.Event()
-
-    def finish(self, response: dict[str, Any] | None) -> None:
-        self.response = response
-        self.answered_at = time.perf_counter()
-        self.done.set()
-        if self.on_done is not None:
-            self.on_done(self)
+        self.sink = sink
+        self.sent_at = self.answered_at = 0.0
+        self.finished = False
+        self._event: threading.Event | None = None
 
     def outcome(self) -> Outcome:
-        return Outcome(self.request, self.response, self.answered_at - self.sent_at)
+        return Outcome(self.request, self.response, self.sent_at, self.answered_at)
 
 
 class LocalWorker:
-    """A worker process driven as the Go worker drives it; a context manager that stops it."""
+    """A worker process driven as the Go worker drives it; a context manager that kills it at the end.
+
+    Drive it from one thread at a time (:meth:`run` or :meth:`submit`); reading happens in the background.
+    """
 
     def __init__(
         self,
@@ -141,19 +117,25 @@ class LocalWorker:
         assert self.process.stdin is not None and self.process.stdout is not None and self.process.stderr is not None
         self._stdin = self.process.stdin
         self._write_lock = threading.Lock()
-        self._pending: dict[str, _Pending] = {}
-        self._pending_lock = threading.Lock()
+        self._pending: dict[str, Pending] = {}
+        # Guards _pending, the finishing of every Pending, and the stderr lines; waiters sleep on it.
+        self._lock = threading.Condition()
         self._ready = threading.Event()
-        self._stdout_closed = False
+        self._stdout_closed = self._stderr_closed = False
         self._start_error: str | None = None
+        #: JSON lines without a task id (the ready line, progress lines).
         self.status_lines: list[dict[str, Any]] = []
-        #: Lines on stdout that were not JSON objects: each one would be dropped by the Go worker.
+        #: Stdout lines the Go worker would drop; :attr:`violations` says why for each.
         self.garbage_lines: list[bytes] = []
+        #: What the worker did that the Go worker would not accept, in words.
+        self.violations: list[str] = []
+        #: Responses whose task id was not outstanding (late, duplicated, or to a raw line).
         self.unmatched_responses: list[dict[str, Any]] = []
         self.stderr_lines: list[str] = []
         self._on_stderr_line = on_stderr_line
-        self._stdout_reader = threading.Thread(target=self._read_stdout, args=(self.process.stdout,), daemon=True)
-        self._stderr_reader = threading.Thread(target=self._read_stderr, args=(self.process.stderr,), daemon=True)
+        self._stdout_reader = threading.Thread(target=self._read_stdout, args=(self.process.stdout.fileno(),))
+        self._stderr_reader = threading.Thread(target=self._read_stderr, args=(self.process.stderr,))
+        self._stdout_reader.daemon = self._stderr_reader.daemon = True
         self._stdout_reader.start()
         self._stderr_reader.start()
 
@@ -161,6 +143,10 @@ class LocalWorker:
     def for_target(cls, target: str, *options: str, **kwargs: Any) -> LocalWorker:
         """Start ``runqy run TARGET OPTIONS...`` with this interpreter."""
         return cls([sys.executable, "-m", "runqy", "run", target, *options], **kwargs)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     # --- start-up ----------------------------------------------------------------------------
 
@@ -180,54 +166,120 @@ class LocalWorker:
             self._stdin.write(line)
             self._stdin.flush()
 
-    def submit(self, request: dict[str, Any]) -> _Pending:
-        """Send one request; the returned handle's ``done`` event is set when it is answered."""
-        pending = _Pending(request)
-        self._send(pending)
+    def submit(self, request: dict[str, Any]) -> Pending:
+        """Send one request; :meth:`wait_for` waits for its answer."""
+        pending = Pending(request)
+        self._send([pending])
         return pending
 
-    def _send(self, pending: _Pending) -> None:
-        pending.sent_at = time.perf_counter()
-        with self._pending_lock:
-            if self._stdout_closed:
-                pending.finish(None)
-                return
-            self._pending[pending.request["task_id"]] = pending
-        self.send_line(json.dumps(pending.request).encode() + b"\n")
+    def wait_for(self, pending: Pending, timeout_s: float | None = None) -> bool:
+        """Wait until ``pending`` is answered or known lost; False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: pending.finished, timeout_s)
 
     def call(self, payload: Any, timeout_s: float | None = None, **request_fields: Any) -> dict[str, Any]:
-        """Send one task and wait for its response."""
+        """Send one task and wait for its response; raises TimeoutError without one."""
         pending = self.submit(make_request(payload, **request_fields))
-        if not pending.done.wait(timeout_s) or pending.response is None:
+        if not self.wait_for(pending, timeout_s) or pending.response is None:
             raise TimeoutError(f"no response to task {pending.request['task_id']} within {timeout_s}s")
         return pending.response
 
-    def run(self, requests: Iterable[dict[str, Any]], concurrency: int) -> Iterator[Outcome]:
+    def run(
+        self, requests: Iterable[dict[str, Any]], concurrency: int, *, deadline_s: float | None = None
+    ) -> Iterator[Outcome]:
         """Send requests keeping at most ``concurrency`` outstanding; yields outcomes as they complete.
 
-        A request still unanswered when the worker's stdout closes is yielded as ``lost``.
+        A request unanswered when the worker's stdout closes, or after ``deadline_s``
+        (the Go worker's per-task timeout), is yielded as lost; a late reply to it is
+        then dropped, as the Go worker drops it.
         """
-        finished: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        sink: queue.SimpleQueue[list[Pending]] = queue.SimpleQueue()
+        source = iter(requests)
         outstanding = 0
-        for request in requests:
-            while outstanding >= concurrency:
-                yield finished.get().outcome()
-                outstanding -= 1
-            pending = _Pending(request, finished.put)
+        exhausted = False
+        while True:
+            batch: list[Pending] = []
+            while not exhausted and outstanding + len(batch) < concurrency:
+                request = next(source, None)
+                if request is None:
+                    exhausted = True
+                else:
+                    batch.append(Pending(request, sink))
+            if batch:
+                outstanding += len(batch)
+                self._send(batch)
+            if outstanding == 0:
+                return
             try:
-                self._send(pending)
-            except OSError:  # the worker is gone: this one is lost like the rest
-                pending.finish(None)
-            outstanding += 1
-        for _ in range(outstanding):
-            yield finished.get().outcome()
+                finished = sink.get(timeout=self._next_expiry(sink, deadline_s))
+            except queue.Empty:
+                self._expire(sink, deadline_s or 0.0)
+                continue
+            outstanding -= len(finished)
+            for pending in finished:
+                yield pending.outcome()
+
+    def _send(self, batch: list[Pending]) -> None:
+        lines = b"".join([(_ENCODE(pending.request) + "\n").encode() for pending in batch])
+        now = time.perf_counter()
+        with self._lock:
+            closed = self._stdout_closed
+            if not closed:
+                for pending in batch:
+                    task_id = pending.request["task_id"]
+                    if task_id in self._pending:
+                        # Two outstanding tasks with one id could never both be matched: the run would hang.
+                        raise RunqyError(f"task id {task_id!r} is already in flight; give every request its own id")
+                    pending.sent_at = now
+                    self._pending[task_id] = pending
+        if closed:
+            self._finish([(pending, None) for pending in batch])
+            return
+        try:
+            self.send_line(lines)
+        except OSError:
+            # The worker is gone: these are lost like everything else it held.
+            self._finish_lost(batch)
+
+    def _next_expiry(self, sink: object, deadline_s: float | None) -> float | None:
+        if deadline_s is None:
+            return None
+        with self._lock:
+            oldest = next((p.sent_at for p in self._pending.values() if p.sink is sink), None)
+        return None if oldest is None else max(0.0, oldest + deadline_s - time.perf_counter())
+
+    def _expire(self, sink: object, deadline_s: float) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            late = [p for p in self._pending.values() if p.sink is sink and now - p.sent_at >= deadline_s]
+        self._finish_lost(late)
+
+    def _finish_lost(self, batch: list[Pending]) -> None:
+        with self._lock:
+            lost = [p for p in batch if self._pending.pop(p.request["task_id"], None) is p]
+        self._finish([(pending, None) for pending in lost])
+
+    def _finish(self, answers: list[tuple[Pending, dict[str, Any] | None]]) -> None:
+        """Record answers (None: lost), wake waiters, and hand each run its finished tasks in one batch."""
+        now = time.perf_counter()
+        by_sink: dict[int, tuple[queue.SimpleQueue[list[Pending]], list[Pending]]] = {}
+        with self._lock:
+            for pending, response in answers:
+                pending.response, pending.answered_at, pending.finished = response, now, True
+                if pending.sink is not None:
+                    by_sink.setdefault(id(pending.sink), (pending.sink, []))[1].append(pending)
+            self._lock.notify_all()
+        for sink, finished in by_sink.values():
+            sink.put(finished)
 
     # --- shutdown ----------------------------------------------------------------------------
 
     def close_stdin(self) -> None:
         with self._write_lock:
             if not self._stdin.closed:
-                self._stdin.close()
+                # The worker may be gone and have taken the pipe with it: closed either way.
+                with contextlib.suppress(OSError):
+                    self._stdin.close()
 
     def terminate(self) -> None:
         """Send SIGTERM with stdin still open, as the Go worker does at shutdown."""
@@ -235,22 +287,29 @@ class LocalWorker:
             self.process.send_signal(signal.SIGTERM)
 
     def wait(self, timeout_s: float | None = SIGTERM_GRACE_S) -> int:
-        """Wait for the process to exit (SIGKILL after ``timeout_s``, as the Go worker does); returns its code."""
+        """Wait for the process to exit (SIGKILL after ``timeout_s``, as the Go worker does); returns its code.
+
+        Every request still unanswered after the exit is then finished as lost.
+        """
         try:
             code = self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.kill()
             code = self.process.wait()
-        self._stdout_reader.join()
-        self._stderr_reader.join()
+        # A grandchild that inherited the pipes may keep them open: do not wait for it forever.
+        self._stdout_reader.join(_READER_JOIN_S)
+        self._stderr_reader.join(_READER_JOIN_S)
+        self._close_stdout()
         return code
 
     def shutdown(self, how: str = "close-stdin", timeout_s: float = SIGTERM_GRACE_S) -> int:
         """Stop the worker as the Go worker does: ``close-stdin`` (EOF) or ``term`` (SIGTERM); returns the exit code."""
         if how == "term":
             self.terminate()
-        else:
+        elif how == "close-stdin":
             self.close_stdin()
+        else:
+            raise ValueError(f"shutdown {how!r}: expected 'term' or 'close-stdin'")
         return self.wait(timeout_s)
 
     def kill(self) -> None:
@@ -263,55 +322,165 @@ class LocalWorker:
     def __exit__(self, *exc: object) -> None:
         self.kill()
         self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None and not stream.closed:
+        self.close_stdin()
+        for reader, stream in ((self._stdout_reader, self.process.stdout), (self._stderr_reader, self.process.stderr)):
+            reader.join(_READER_JOIN_S)
+            # Closing a pipe that a reader still reads could hand its fd number to a new file.
+            if not reader.is_alive() and stream is not None:
                 stream.close()
+        self._close_stdout()
 
     # --- readers -----------------------------------------------------------------------------
 
-    def _read_stdout(self, stream: Any) -> None:
-        for raw in stream:
-            self._on_stdout_line(raw)
-        if not self._ready.is_set():
-            code = self.process.wait()
-            self._start_error = f"worker exited with code {code} before its ready line"
-            self._ready.set()
-        with self._pending_lock:
+    def _read_stdout(self, fd: int) -> None:
+        try:
+            self._pump_stdout(fd)
+        finally:
+            # Whatever stopped the reading, nobody may wait for this worker's stdout any more.
+            if not self._ready.is_set():
+                self._start_error = f"worker exited with code {self.process.wait()} before its ready line"
+                self._ready.set()
+            self._close_stdout()
+
+    def _pump_stdout(self, fd: int) -> None:
+        partial: list[bytes] = []
+        partial_size = 0
+        while chunk := _read(fd):
+            *lines, rest = chunk.split(b"\n")
+            if lines and partial:
+                if partial_size + len(lines[0]) > MAX_STDOUT_LINE_BYTES:
+                    self._oversized(partial_size + len(lines[0]))
+                    lines.pop(0)
+                else:
+                    lines[0] = b"".join([*partial, lines[0]])
+                partial, partial_size = [], 0
+            if lines:
+                self._on_stdout_lines(lines)
+            if rest:
+                if partial_size <= MAX_STDOUT_LINE_BYTES:  # past the limit the line is garbage: keep its size only
+                    partial.append(rest)
+                partial_size += len(rest)
+        if partial_size > MAX_STDOUT_LINE_BYTES:
+            self._oversized(partial_size)
+        elif partial:
+            self._on_stdout_lines([b"".join(partial)])
+
+    def _oversized(self, size: int) -> None:
+        self._garbage(b"", f"a stdout line of {size} bytes: the Go worker's reader stops for good and every task hangs")
+
+    def _close_stdout(self) -> None:
+        with self._lock:
             self._stdout_closed = True
             leftovers = list(self._pending.values())
             self._pending.clear()
-        for pending in leftovers:
-            pending.finish(None)
+        if leftovers:
+            self._finish([(pending, None) for pending in leftovers])
 
-    def _on_stdout_line(self, raw: bytes) -> None:
+    def _on_stdout_lines(self, lines: list[bytes]) -> None:
+        responses: list[dict[str, Any]] = []
+        for raw in lines:
+            message = self._parse(raw)
+            if message is None:
+                continue
+            if "task_id" in message:
+                responses.append(message)
+            else:
+                self._on_status(message)
+        if not responses:
+            return
+        answers: list[tuple[Pending, dict[str, Any] | None]] = []
+        with self._lock:  # once per chunk, not per line
+            for message in responses:
+                pending = self._pending.pop(message["task_id"], None)
+                if pending is None:
+                    self.unmatched_responses.append(message)
+                else:
+                    answers.append((pending, message))
+        if answers:
+            self._finish(answers)
+
+    def _parse(self, raw: bytes) -> dict[str, Any] | None:
+        """A stdout line as the Go worker reads it, or None (recorded) when it would drop the line."""
+        if not raw.strip():
+            return None
+        if len(raw) > MAX_STDOUT_LINE_BYTES:
+            self._oversized(len(raw))
+            return None
         try:
-            message = json.loads(raw)
-        except ValueError:
-            message = None
-        if not isinstance(message, dict):
-            if raw.strip():
-                self.garbage_lines.append(raw)
-            return
-        if "task_id" not in message:
-            self.status_lines.append(message)
-            if not self._ready.is_set() and message.get("status") in ("ready", "error"):
-                if message["status"] == "error":
-                    self._start_error = f"worker failed to start: {message.get('error')}"
-                self._ready.set()
-            return
-        with self._pending_lock:
-            pending = self._pending.pop(message["task_id"], None) if isinstance(message["task_id"], str) else None
-        if pending is None:
-            self.unmatched_responses.append(message)
-            return
-        pending.finish(message)
+            # Go replaces invalid UTF-8 instead of failing, so does this.
+            message = _DECODE(raw.decode("utf-8", "replace"))
+        except ValueError as exc:
+            why = f"a stdout line that is not JSON ({exc}): the Go worker drops it"
+        else:
+            if not isinstance(message, dict):
+                why = "a stdout line that is not a JSON object: the Go worker drops it"
+            elif wrong := _wrong_types(message):
+                why = f"a response with {wrong}: the Go worker drops it and the task hangs"
+            else:
+                return message
+        self._garbage(raw, why)
+        return None
+
+    def _garbage(self, raw: bytes, why: str) -> None:
+        self.garbage_lines.append(raw)
+        self.violations.append(why)
+
+    def _on_status(self, message: dict[str, Any]) -> None:
+        self.status_lines.append(message)
+        if not self._ready.is_set() and message.get("status") in ("ready", "error"):
+            if message["status"] == "error":
+                self._start_error = f"worker failed to start: {message.get('error')}"
+            self._ready.set()
 
     def _read_stderr(self, stream: Any) -> None:
         for raw in stream:
+            if len(raw) > MAX_STDERR_LINE_BYTES:
+                self.violations.append(
+                    f"a stderr line of {len(raw)} bytes: the Go worker stops draining stderr and the worker blocks"
+                )
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.stderr_lines.append(line)
+            with self._lock:
+                self.stderr_lines.append(line)
+                self._lock.notify_all()
             if self._on_stderr_line is not None:
                 self._on_stderr_line(line)
+        with self._lock:
+            self._stderr_closed = True
+            self._lock.notify_all()
+
+    def wait_for_stderr(self, text: str, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> str:
+        """Wait for a stderr line containing ``text`` (a handler saying it started, say); returns it."""
+
+        def found() -> str | None:
+            return next((line for line in self.stderr_lines if text in line), None)
+
+        with self._lock:
+            if not self._lock.wait_for(lambda: found() is not None or self._stderr_closed, timeout_s):
+                raise TimeoutError(f"no stderr line with {text!r} within {timeout_s:g}s")
+            line = found()
+        if line is None:
+            raise TimeoutError(f"the worker closed stderr without a line containing {text!r}")
+        return line
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, _READ_CHUNK_BYTES)
+    except OSError:
+        return b""  # closed under us by __exit__: the same as end of file
+
+
+def _wrong_types(message: dict[str, Any]) -> str:
+    """What makes the Go worker reject a response, or ``""``."""
+    if "task_id" not in message:
+        return ""  # a status line: tolerated
+    if not isinstance(message["task_id"], str):
+        return "a non-string task_id"
+    if message.get("error") is not None and not isinstance(message["error"], str):
+        return "a non-string error"
+    if message.get("retry") is not None and not isinstance(message["retry"], bool):
+        return "a non-boolean retry"
+    return ""
 
 
 def forward_stderr(sink: TextIO = sys.stderr) -> Callable[[str], None]:
