@@ -1,4 +1,4 @@
-"""The ``runqy`` command: serve a worker, drive one locally as the Go worker does, inspect settings."""
+"""The ``runqy`` command: serve a worker, drive one locally as the Go worker does, compare runners, inspect settings."""
 
 from __future__ import annotations
 
@@ -43,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_options(run)
     run.set_defaults(command=_cmd_run)
 
+    from runqy.bench_cli import add_bench_command
     from runqy.local_cli import add_local_command
 
     add_local_command(commands)
+    add_bench_command(commands)
     return parser
 
 

@@ -1,0 +1,94 @@
+"""``runqy bench``: run the user's handler under each runner on the same tasks and say which fits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from runqy.bench import available_runners, compare, format_table, measure, recommend
+from runqy.errors import ConfigError
+from runqy.local import DEFAULT_STARTUP_TIMEOUT_S
+from runqy.timeline import assign_slots, write_svg
+
+__all__ = ["add_bench_command"]
+
+
+def add_bench_command(commands: Any) -> None:
+    from runqy.cli import _add_settings_options
+    from runqy.local_cli import add_task_source_options
+
+    bench = commands.add_parser(
+        "bench",
+        help="compare the runners on your own handler and sample payloads",
+        description=(
+            "Run TARGET's handler on the same tasks, with the same number in flight, under each runner, "
+            "and print throughput, latency, CPU and memory side by side with a recommendation."
+        ),
+    )
+    bench.add_argument("target", help="the worker: a file (worker.py) or a module (pkg.worker)")
+    add_task_source_options(bench, default_count=200)
+    bench.add_argument(
+        "--runners",
+        help=f"comma-separated runners to compare (default: every available one of {', '.join(available_runners())})",
+    )
+    bench.add_argument("--concurrency", type=int, default=16, help="requests in flight, the same for every runner")
+    bench.add_argument("--timeline", type=Path, metavar="FILE.svg", help="also draw each run's schedule as SVG")
+    bench.add_argument("--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S)
+    _add_settings_options(bench)
+    bench.set_defaults(command=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from runqy.cli import read_jsonl, settings_arguments
+
+    runners = _runners(args.runners)
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency {args.concurrency}: expected at least 1 request in flight")
+    if args.input is not None:
+        payloads = [item.get("payload") if _is_request(item) else item for item in read_jsonl(args.input)]
+        tasks = args.generate if args.generate is not None else len(payloads)
+    else:
+        payloads = [json.loads(args.payload.replace("{n}", "0"))]
+        tasks = args.generate if args.generate is not None else args.default_count
+    settings = [arg for arg in settings_arguments(args)]
+    if "--runner" in settings or "--runner-cls" in settings:
+        raise ConfigError("runqy bench chooses the runner itself: use --runners NAME,NAME instead of --runner")
+    results = []
+    for name in runners:
+        print(f"runqy bench: {name}: {tasks} tasks, {args.concurrency} in flight ...", file=sys.stderr, flush=True)
+        argv = [sys.executable, "-m", "runqy", "run", args.target, "--runner", name, "--log-level", "INFO", *settings]
+        results.append(
+            measure(
+                name,
+                argv,
+                payloads,
+                tasks=tasks,
+                concurrency=args.concurrency,
+                startup_timeout_s=args.startup_timeout_s,
+            )
+        )
+    compare(results)
+    print(format_table(results))
+    print(recommend(results))
+    if args.timeline is not None:
+        write_svg(args.timeline, [(r.name, assign_slots(r.outcomes, r.capacity)) for r in results])
+        print(f"timeline written to {args.timeline}", file=sys.stderr)
+    return 0 if all(r.summary.count("lost") == 0 for r in results) else 1
+
+
+def _is_request(item: Any) -> bool:
+    return isinstance(item, dict) and "task_id" in item
+
+
+def _runners(option: str | None) -> list[str]:
+    available = available_runners()
+    if option is None:
+        return available
+    chosen = [name.strip() for name in option.split(",") if name.strip()]
+    missing = [name for name in chosen if name not in available]
+    if missing:
+        raise ConfigError(f"--runners: {', '.join(missing)} not available; expected some of {', '.join(available)}")
+    return chosen
