@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import FrameType
 from typing import Final
 
@@ -44,10 +43,18 @@ class StopReason(enum.Enum):
     ONE_SHOT = "one-shot task answered"
 
 
-@dataclass(eq=False, slots=True)
 class _Ticket:
-    request: TaskRequest
-    answered: bool = field(default=False)
+    """One accepted request; calling it with the response answers the request."""
+
+    __slots__ = ("answered", "inflight", "request")
+
+    def __init__(self, inflight: InFlight, request: TaskRequest) -> None:
+        self.inflight = inflight
+        self.request = request
+        self.answered = False
+
+    def __call__(self, response: TaskResponse) -> None:
+        self.inflight.answer(self, response)
 
 
 class InFlight:
@@ -55,20 +62,20 @@ class InFlight:
 
     def __init__(self, channel: ProtocolChannel, limit: int) -> None:
         self._channel = channel
+        self._limit = limit
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
+        self._changed = threading.Condition(self._lock)
         self._open: set[_Ticket] = set()
-        self._slots = threading.BoundedSemaphore(limit)
         self._closed = False
 
     def admit(self, request: TaskRequest) -> _Ticket | None:
-        """Accept a request, waiting while too many are queued; None once shutdown began."""
-        self._slots.acquire()
+        """Accept a request, waiting while too many are open; None once shutdown began."""
         with self._lock:
+            if len(self._open) >= self._limit:
+                self._changed.wait_for(lambda: len(self._open) < self._limit or self._closed)
             if self._closed:
-                self._slots.release()
                 return None
-            ticket = _Ticket(request)
+            ticket = _Ticket(self, request)
             self._open.add(ticket)
             return ticket
 
@@ -82,19 +89,20 @@ class InFlight:
             ticket.answered = True
             self._open.discard(ticket)
             self._channel.send(line)
-            if not self._open:
-                self._idle.notify_all()
-        self._slots.release()
+            # Wakes the reader waiting for room and the shutdown waiting for idle; rare, so cheap.
+            if len(self._open) in (0, self._limit - 1):
+                self._changed.notify_all()
 
     def close(self) -> None:
         """Stop admitting new requests."""
         with self._lock:
             self._closed = True
+            self._changed.notify_all()
 
     def wait_idle(self, timeout_s: float | None) -> bool:
         """Wait until every admitted task is answered; False on timeout."""
         with self._lock:
-            return self._idle.wait_for(lambda: not self._open, timeout_s)
+            return self._changed.wait_for(lambda: not self._open, timeout_s)
 
     def give_up(self, why: str) -> int:
         """Answer every open task with a retryable error; returns how many there were."""
@@ -175,7 +183,7 @@ class Server:
             self.channel.send(encode_response(TaskResponse.failure(request.task_id, why, retry=True)))
             return False
         try:
-            self.runner.submit(request, lambda response: self.inflight.answer(ticket, response))
+            self.runner.submit(request, ticket)
         except Exception as exc:  # noqa: BLE001 - a runner that cannot take the task must still answer it
             self.inflight.answer(
                 ticket, TaskResponse.failure(request.task_id, f"runner rejected the task: {exc}", retry=True)
