@@ -45,6 +45,8 @@ class BenchResult:
     usage: TreeUsage
     #: Tasks the worker runs at once, as it reported at start-up (None if it did not say).
     capacity: int | None
+    #: Requests kept in flight during the run.
+    concurrency: int
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
     #: Filled in by :func:`compare` against the sequential runner's throughput.
     speedup: float | None = None
@@ -101,7 +103,7 @@ def measure(
         usage = sampler.stop()
         summary.exit_code = worker.shutdown("close-stdin")
         capacity = next((int(m.group(1)) for line in worker.stderr_lines if (m := _CAPACITY.search(line))), None)
-    return BenchResult(name, summary, usage, capacity, outcomes)
+    return BenchResult(name, summary, usage, capacity, concurrency, outcomes)
 
 
 def compare(results: list[BenchResult], baseline: str = "sequential") -> None:
