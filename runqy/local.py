@@ -222,6 +222,8 @@ class LocalWorker:
     def _send(self, batch: list[Pending]) -> None:
         lines = b"".join([(_ENCODE(pending.request) + "\n").encode() for pending in batch])
         now = time.perf_counter()
+        for pending in batch:
+            pending.sent_at = now
         with self._lock:
             closed = self._stdout_closed
             if not closed:
@@ -230,7 +232,6 @@ class LocalWorker:
                     if task_id in self._pending:
                         # Two outstanding tasks with one id could never both be matched: the run would hang.
                         raise RunqyError(f"task id {task_id!r} is already in flight; give every request its own id")
-                    pending.sent_at = now
                     self._pending[task_id] = pending
         if closed:
             self._finish([(pending, None) for pending in batch])

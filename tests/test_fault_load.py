@@ -1,0 +1,97 @@
+"""Load with faults, through the local driver and real processes: nothing lost, nothing answered twice.
+
+``RUNQY_SOAK=1`` multiplies the task counts by ten for a longer soak.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import CLEAN_ENV
+from runner_params import runner_params
+
+from runqy.local import LocalWorker, make_request
+from runqy.local_stats import Outcome
+
+WORKER = Path(__file__).parent / "workers" / "faulty_worker.py"
+SCALE = 10 if os.environ.get("RUNQY_SOAK") == "1" else 1
+#: One task in a hundred of each kind misbehaves.
+FAULTS = ("crash", "hang", "raise", "fd1")
+
+
+def mixed_requests(count: int, seed: int = 5) -> list[dict[str, object]]:
+    rng = random.Random(seed)
+    kinds = [fault for fault in FAULTS for _ in range(count // 100)]
+    kinds += ["echo"] * (count - len(kinds))
+    rng.shuffle(kinds)
+    return [make_request({"kind": kind, "n": n}, task_id=f"task-{n}") for n, kind in enumerate(kinds)]
+
+
+def check_outcome(outcome: Outcome) -> None:
+    payload = outcome.request["payload"]
+    assert isinstance(payload, dict)
+    response = outcome.response
+    assert response is not None, f"{payload} was lost"
+    kind = payload["kind"]
+    if kind == "echo":
+        assert response["result"] == payload and response["error"] is None
+    elif kind == "fd1":
+        assert response["result"] == {"n": payload["n"]} and response["error"] is None
+    elif kind == "raise":
+        assert f"task {payload['n']} asked to fail" in response["error"]
+    else:  # crash or hang: a failure that says so, never a success
+        assert response["error"], response
+
+
+@pytest.mark.timeout(300 * SCALE)
+@pytest.mark.parametrize("runner", runner_params("process", "hybrid"))
+def test_ten_thousand_tasks_with_crashes_hangs_raises_and_fd1_noise_are_each_answered_once(runner: str) -> None:
+    requests = mixed_requests(10_000 * SCALE)
+    env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": runner, "RUNQY_TASK_TIMEOUT_S": "0.3", "RUNQY_LOG_LEVEL": "WARNING"}
+    with LocalWorker([sys.executable, str(WORKER)], env=env) as worker:
+        worker.wait_ready(timeout_s=60)
+        outcomes = list(worker.run(requests, concurrency=16, deadline_s=60))
+        answered = Counter(outcome.request["task_id"] for outcome in outcomes)
+        assert len(outcomes) == len(requests)
+        assert set(answered) == {request["task_id"] for request in requests}
+        assert max(answered.values()) == 1
+        for outcome in outcomes:
+            check_outcome(outcome)
+        assert worker.unmatched_responses == []  # no duplicate or stray answer
+        assert worker.garbage_lines == [], worker.violations  # fd 1 noise never reached the protocol stream
+        assert worker.process.poll() is None, "the worker must survive its tasks' crashes"
+        assert worker.call({"kind": "echo", "after": "load"}, timeout_s=30)["error"] is None
+        assert worker.shutdown("close-stdin") == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("runner", runner_params())
+def test_sigterm_in_the_middle_of_a_loaded_run_answers_everything_it_accepted(runner: str) -> None:
+    requests = [make_request({"kind": "sleep", "s": 0.002, "n": n}) for n in range(2_000 * SCALE)]
+    env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": runner}
+    with LocalWorker([sys.executable, str(WORKER)], env=env) as worker:
+        worker.wait_ready(timeout_s=60)
+        outcomes: list[Outcome] = []
+        signalled_at = None
+        for outcome in worker.run(requests, concurrency=16, deadline_s=30):
+            outcomes.append(outcome)
+            if len(outcomes) == len(requests) // 4:
+                worker.terminate()  # with stdin open, as the Go worker does, while 16 tasks are in flight
+                signalled_at = outcome.answered_at
+        code = worker.wait(timeout_s=15)
+    assert code == 0
+    assert signalled_at is not None
+    assert len(outcomes) == len(requests)
+    # Everything sent before the signal was accepted by the worker and must be answered:
+    # done (ok), or refused with a retryable error once the shutdown began.
+    before = [o for o in outcomes if o.sent_at <= signalled_at]
+    assert before and all(o.response is not None for o in before), [o.request for o in before if o.response is None]
+    assert {o.status for o in before} <= {"ok", "retryable"}
+    # Later requests may have reached a worker that had stopped reading: lost is allowed, a wrong answer is not.
+    assert {o.status for o in outcomes} <= {"ok", "retryable", "lost"}
+    assert worker.unmatched_responses == []
