@@ -1,7 +1,8 @@
-"""Runner names as pytest parameters: a runner this checkout does not have yet is skipped, saying so."""
+"""Runner names as pytest parameters (a runner this checkout does not have yet is skipped, saying so); a clean env."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -9,9 +10,11 @@ import pytest
 from runqy.errors import ConfigError
 from runqy.settings import RUNNER_ALIASES, resolve_runner_class
 
-__all__ = ["ALL_RUNNERS", "runner_params"]
+__all__ = ["ALL_RUNNERS", "CLEAN_ENV", "runner_params"]
 
 ALL_RUNNERS = tuple(RUNNER_ALIASES)
+#: Environment of every spawned worker: no RUNQY_* setting leaks in from the developer's shell.
+CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("RUNQY_")}
 
 
 def _skip_reason(name: str) -> str | None:

@@ -12,8 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import CLEAN_ENV
-from runner_params import runner_params
+from runner_params import CLEAN_ENV, runner_params
 
 from runqy.local import LocalWorker, make_request
 from runqy.local_stats import Outcome

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CLEAN_ENV
-from runner_params import runner_params
+from runner_params import CLEAN_ENV, runner_params
 
 from runqy.local import LocalWorker
 

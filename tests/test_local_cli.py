@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import CLEAN_ENV
+from runner_params import CLEAN_ENV
 
 from runqy.errors import RunqyError
 from runqy.local import LocalWorker, make_request
