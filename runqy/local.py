@@ -177,6 +177,14 @@ class LocalWorker:
         with self._lock:
             return self._lock.wait_for(lambda: pending.finished, timeout_s)
 
+    def wait_until(self, condition: Callable[[], bool], timeout_s: float | None = None) -> bool:
+        """Wait until ``condition()`` holds, checked whenever a line arrives; False on timeout.
+
+        For raw lines sent with :meth:`send_line`, whose answers land in :attr:`unmatched_responses`.
+        """
+        with self._lock:
+            return self._lock.wait_for(lambda: condition() or self._stdout_closed, timeout_s) and condition()
+
     def call(self, payload: Any, timeout_s: float | None = None, **request_fields: Any) -> dict[str, Any]:
         """Send one task and wait for its response; raises TimeoutError without one."""
         pending = self.submit(make_request(payload, **request_fields))
@@ -395,6 +403,7 @@ class LocalWorker:
                 pending = self._pending.pop(message["task_id"], None)
                 if pending is None:
                     self.unmatched_responses.append(message)
+                    self._lock.notify_all()
                 else:
                     answers.append((pending, message))
         if answers:
