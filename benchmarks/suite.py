@@ -55,6 +55,23 @@ if __name__ == "__main__":
 """
 
 
+# A worker with no SDK and no handler: it answers each request line the moment it reads it.
+# Its throughput is the ceiling of the driver and the pipes: figures near it say more about the driver.
+BARE_WORKER = """
+import os, re
+TASK_ID = re.compile(rb'"task_id":"([^"]*)"')
+os.write(1, b'{"status":"ready"}\\n')
+rest = b""
+while chunk := os.read(0, 1 << 16):
+    *lines, rest = (rest + chunk).split(b"\\n")
+    os.write(1, b"".join(
+        b'{"task_id":"%s","result":null,"error":null,"retry":false}\\n' % TASK_ID.search(line).group(1)
+        for line in lines if line.strip()
+    ))
+"""
+BARE = "bare echo, no SDK"
+
+
 @dataclass
 class Workload:
     name: str
@@ -63,6 +80,8 @@ class Workload:
     concurrency: int
     #: Extra runs beyond the standard ones: (label, runner, extra environment, concurrency, tasks).
     extras: list[tuple[str, str, dict[str, str], int, int]] = field(default_factory=list)
+    #: Also measure the bare echo worker: the driver's own ceiling.
+    with_ceiling: bool = False
 
 
 def spin_iterations(target_s: float) -> int:
@@ -83,7 +102,7 @@ def workloads(scale: float) -> list[Workload]:
         return max(16, int(n * scale))
 
     return [
-        Workload("no-op", {"kind": "noop"}, count(20_000), 64),
+        Workload("no-op", {"kind": "noop"}, count(20_000), 64, with_ceiling=True),
         Workload(
             "sleep 10 ms",
             {"kind": "sleep", "s": 0.01},
@@ -128,6 +147,10 @@ def run_workload(workload: Workload, folder: Path, runners: list[str], rounds: i
         for label, runner, extra, concurrency, tasks in workload.extras
         if runner in runners
     ]
+    if workload.with_ceiling:
+        bare_script = folder / "bare_worker.py"
+        bare_script.write_text(BARE_WORKER)
+        plans.insert(0, (BARE, bare_script, {}, workload.concurrency, workload.tasks))
     runs: dict[str, list[BenchResult]] = {label: [] for label, *_ in plans}
     # Rounds alternate the runners, so that noise from other work on the machine hits them alike.
     for round_number in range(rounds):
@@ -148,6 +171,7 @@ def run_workload(workload: Workload, folder: Path, runners: list[str], rounds: i
 
 def table(rows: list[tuple[str, list[BenchResult]]], markdown: bool) -> str:
     header = ["workload", "runner", "in flight", "tasks/s", "p50 ms", "p99 ms", "vs 0.2.2", "vs sequential", "CPU %"]
+    header += ["CPU us/task"]
     header += ["procs", "peak RSS/proc"]
     lines = []
     for workload, results in rows:
@@ -163,9 +187,10 @@ def table(rows: list[tuple[str, list[BenchResult]]], markdown: bool) -> str:
                     f"{rate:,.0f}" if rate >= 1000 else f"{rate:.1f}",
                     f"{r.summary.latency_percentile_s(50) * 1000:.2f}",
                     f"{r.summary.latency_percentile_s(99) * 1000:.2f}",
-                    f"{rate / base.summary.tasks_per_s:.2f}x" if base else "-",
-                    f"{rate / seq.summary.tasks_per_s:.2f}x" if seq and r.name != BASELINE else "-",
+                    f"{rate / base.summary.tasks_per_s:.2f}x" if base and r.name != BARE else "-",
+                    f"{rate / seq.summary.tasks_per_s:.2f}x" if seq and r.name not in (BASELINE, BARE) else "-",
                     f"{r.cpu_percent:.0f}",
+                    f"{r.usage.cpu_s / max(1, r.summary.total) * 1e6:,.1f}",
                     str(r.usage.processes),
                     f"{r.usage.peak_rss_bytes / 2**20:.1f} MiB",
                 ]

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, TextIO
 
 from runqy.errors import RunqyError
+from runqy.local_lines import MAX_STDERR_LINE_BYTES, judge_stdout_line, oversized, pump_lines
 from runqy.local_stats import Outcome, RunSummary
 
 __all__ = ["LocalWorker", "Outcome", "Pending", "RunSummary", "WorkerStartFailed", "forward_stderr", "make_request"]
@@ -42,23 +43,10 @@ __all__ = ["LocalWorker", "Outcome", "Pending", "RunSummary", "WorkerStartFailed
 DEFAULT_STARTUP_TIMEOUT_S: Final = 60.0
 #: After SIGTERM the Go worker waits this long before SIGKILL.
 SIGTERM_GRACE_S: Final = 10.0
-#: The Go worker's stdout reader gives up for good on a longer line.
-MAX_STDOUT_LINE_BYTES: Final = 10 * 1024 * 1024
-#: The Go worker stops draining stderr at a longer line (and the child then blocks).
-MAX_STDERR_LINE_BYTES: Final = 1024 * 1024
 #: How long to wait for a reader thread once the process has exited: a grandchild may still hold the pipe.
 _READER_JOIN_S: Final = 2.0
-_READ_CHUNK_BYTES: Final = 1 << 16
 # Go's encoder writes compact JSON; so do we, once per request.
 _ENCODE: Final = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# NaN and Infinity are not JSON: the Go worker drops such a line and the task hangs.
-_DECODE: Final = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 class WorkerStartFailed(RunqyError):
@@ -343,7 +331,7 @@ class LocalWorker:
 
     def _read_stdout(self, fd: int) -> None:
         try:
-            self._pump_stdout(fd)
+            pump_lines(fd, self._on_stdout_lines, self._oversized)
         finally:
             # Whatever stopped the reading, nobody may wait for this worker's stdout any more.
             if not self._ready.is_set():
@@ -351,31 +339,8 @@ class LocalWorker:
                 self._ready.set()
             self._close_stdout()
 
-    def _pump_stdout(self, fd: int) -> None:
-        partial: list[bytes] = []
-        partial_size = 0
-        while chunk := _read(fd):
-            *lines, rest = chunk.split(b"\n")
-            if lines and partial:
-                if partial_size + len(lines[0]) > MAX_STDOUT_LINE_BYTES:
-                    self._oversized(partial_size + len(lines[0]))
-                    lines.pop(0)
-                else:
-                    lines[0] = b"".join([*partial, lines[0]])
-                partial, partial_size = [], 0
-            if lines:
-                self._on_stdout_lines(lines)
-            if rest:
-                if partial_size <= MAX_STDOUT_LINE_BYTES:  # past the limit the line is garbage: keep its size only
-                    partial.append(rest)
-                partial_size += len(rest)
-        if partial_size > MAX_STDOUT_LINE_BYTES:
-            self._oversized(partial_size)
-        elif partial:
-            self._on_stdout_lines([b"".join(partial)])
-
     def _oversized(self, size: int) -> None:
-        self._garbage(b"", f"a stdout line of {size} bytes: the Go worker's reader stops for good and every task hangs")
+        self._garbage(b"", oversized(size))
 
     def _close_stdout(self) -> None:
         with self._lock:
@@ -413,23 +378,10 @@ class LocalWorker:
         """A stdout line as the Go worker reads it, or None (recorded) when it would drop the line."""
         if not raw.strip():
             return None
-        if len(raw) > MAX_STDOUT_LINE_BYTES:
-            self._oversized(len(raw))
-            return None
-        try:
-            # Go replaces invalid UTF-8 instead of failing, so does this.
-            message = _DECODE(raw.decode("utf-8", "replace"))
-        except ValueError as exc:
-            why = f"a stdout line that is not JSON ({exc}): the Go worker drops it"
-        else:
-            if not isinstance(message, dict):
-                why = "a stdout line that is not a JSON object: the Go worker drops it"
-            elif wrong := _wrong_types(message):
-                why = f"a response with {wrong}: the Go worker drops it and the task hangs"
-            else:
-                return message
-        self._garbage(raw, why)
-        return None
+        message, why = judge_stdout_line(raw)
+        if message is None:
+            self._garbage(raw, why)
+        return message
 
     def _garbage(self, raw: bytes, why: str) -> None:
         self.garbage_lines.append(raw)
@@ -471,26 +423,6 @@ class LocalWorker:
         if line is None:
             raise TimeoutError(f"the worker closed stderr without a line containing {text!r}")
         return line
-
-
-def _read(fd: int) -> bytes:
-    try:
-        return os.read(fd, _READ_CHUNK_BYTES)
-    except OSError:
-        return b""  # closed under us by __exit__: the same as end of file
-
-
-def _wrong_types(message: dict[str, Any]) -> str:
-    """What makes the Go worker reject a response, or ``""``."""
-    if "task_id" not in message:
-        return ""  # a status line: tolerated
-    if not isinstance(message["task_id"], str):
-        return "a non-string task_id"
-    if message.get("error") is not None and not isinstance(message["error"], str):
-        return "a non-string error"
-    if message.get("retry") is not None and not isinstance(message["retry"], bool):
-        return "a non-boolean retry"
-    return ""
 
 
 def forward_stderr(sink: TextIO = sys.stderr) -> Callable[[str], None]:
