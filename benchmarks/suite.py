@@ -102,13 +102,33 @@ def workloads(scale: float) -> list[Workload]:
         return max(16, int(n * scale))
 
     return [
-        Workload("no-op", {"kind": "noop"}, count(20_000), 64, with_ceiling=True),
+        Workload(
+            "no-op",
+            {"kind": "noop"},
+            count(20_000),
+            64,
+            # A timeout that never fires must cost little (thread runner issue: at most 2x per no-op task).
+            extras=[
+                ("sequential, timeout set", "sequential", {"RUNQY_TASK_TIMEOUT_S": "60"}, 64, count(20_000)),
+                ("thread, timeout set", "thread", {"RUNQY_TASK_TIMEOUT_S": "60"}, 64, count(20_000)),
+            ],
+            with_ceiling=True,
+        ),
         Workload(
             "sleep 10 ms",
             {"kind": "sleep", "s": 0.01},
             count(200),
             16,
-            extras=[("thread x32", "thread", {"RUNQY_RUNNER__MAX_THREADS": "32"}, 32, count(640))],
+            extras=[
+                ("thread x32", "thread", {"RUNQY_RUNNER__MAX_THREADS": "32"}, 32, count(640)),
+                (
+                    "hybrid 2x8",
+                    "hybrid",
+                    {"RUNQY_RUNNER__NUM_PROCESSES": "2", "RUNQY_RUNNER__THREADS_PER_PROCESS": "8"},
+                    16,
+                    count(320),
+                ),
+            ],
         ),
         Workload("spin 10 ms", {"kind": "spin", "n": spin_iterations(0.01)}, count(100), 16),
         Workload("sha256 4 MiB", {"kind": "hash"}, count(100), 16),
