@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from runqy.aio import EventLoopThread
-from runqy.context import TaskInfo, _current
+from runqy.context import Cancellation, TaskInfo, _current
 from runqy.errors import HandlerNotRegistered, LoadFailed, RetryableError
 from runqy.protocol import TaskRequest, TaskResponse
 
@@ -77,7 +77,7 @@ class BoundHandler:
         self.loop = loop
         self.is_async = _is_async(fn)
 
-    def execute(self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None) -> TaskResponse:
+    def execute(self, request: TaskRequest, attempt: int = 1, cancel: Cancellation | None = None) -> TaskResponse:
         """Run a synchronous handler once in the calling thread; never raises."""
         token = _current.set(TaskInfo.for_request(request, attempt, cancel or _NEVER_CANCELLED))
         try:
@@ -89,7 +89,7 @@ class BoundHandler:
         return TaskResponse(request.task_id, result)
 
     async def execute_async(
-        self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None
+        self, request: TaskRequest, attempt: int = 1, cancel: Cancellation | None = None
     ) -> TaskResponse:
         """Run an ``async def`` handler once on the worker's loop; never raises except on cancellation."""
         _current.set(TaskInfo.for_request(request, attempt, cancel or _NEVER_CANCELLED))

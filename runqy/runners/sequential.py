@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import queue
-import threading
 from typing import TYPE_CHECKING, ClassVar
 
 from runqy.app import BoundHandler, Registry
-from runqy.attempts import AttemptEngine, RetryPolicy
+from runqy.attempts import RetryPolicy
+from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Capabilities, Reply, Runner
+from runqy.runners.thread import ThreadPool
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -23,7 +23,7 @@ class SequentialRunner(Runner):
     """Runs tasks one after another on a single thread, in the order they arrived.
 
     The serving loop keeps reading stdin meanwhile, so the Go worker is never blocked;
-    a task timeout abandons the stuck attempt and moves on.
+    a task timeout abandons the stuck attempt and moves on, on a fresh thread.
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(
@@ -33,10 +33,8 @@ class SequentialRunner(Runner):
     def __init__(self, policy: RetryPolicy | None = None) -> None:
         super().__init__()
         self.policy = policy or RetryPolicy()
-        self._tasks: queue.SimpleQueue[tuple[TaskRequest, Reply] | None] = queue.SimpleQueue()
         self._handler: BoundHandler | None = None
-        self._engine: AttemptEngine | None = None
-        self._thread: threading.Thread | None = None
+        self._pool: ThreadPool | None = None
 
     @classmethod
     def from_settings(cls, settings: RunqySettings) -> Self:
@@ -47,32 +45,25 @@ class SequentialRunner(Runner):
         return 1
 
     def start(self, registry: Registry) -> None:
-        if self._thread is not None:
+        if self._pool is not None:
             return
         self._handler = registry.bind()
-        self._engine = AttemptEngine(self._handler, self.policy)
-        self._thread = threading.Thread(target=self._work, args=(self._engine,), name="runqy-sequential", daemon=True)
-        self._thread.start()
+        # A pool of one thread is exactly sequential: one queue, in order, one task at a time.
+        self._pool = ThreadPool(self._handler, self.policy, max_threads=1, name="runqy-sequential")
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
-        self._tasks.put((request, reply))
+        if self._pool is None:
+            raise RunnerClosed(f"task {request.task_id} submitted to a runner that is not started")
+        self._pool.submit(request, reply)
 
     @property
     def abandoned_attempts(self) -> int:
-        return self._engine.abandoned if self._engine is not None else 0
-
-    def _work(self, engine: AttemptEngine) -> None:
-        while (item := self._tasks.get()) is not None:
-            request, reply = item
-            reply(engine.run(request))
+        return self._pool.engine.abandoned if self._pool is not None else 0
 
     def close(self, timeout_s: float | None = None) -> None:
-        if self._thread is None:
+        pool, self._pool = self._pool, None
+        if pool is None:
             return
-        self._tasks.put(None)
-        self._thread.join(timeout_s)
-        self._thread = None
-        if self._engine is not None:
-            self._engine.close()
+        pool.close(timeout_s)
         if self._handler is not None:
             self._handler.close()

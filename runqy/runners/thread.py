@@ -1,0 +1,182 @@
+"""ThreadRunner: many tasks at once in this process, sharing one ``@load`` context.
+
+For handlers that wait (network, disk) or release the GIL (numpy, torch, llama.cpp
+inference, GPU calls). :class:`ThreadPool` is the machinery, shared with the
+sequential runner (a pool of one) and with the threads inside hybrid children::
+
+    submit ──> work queue ──> pool thread: AttemptEngine.run ──> reply
+                                  ▲          │ attempt timed out (watchdog)
+                                  └──────────┴─ fresh thread: the task's retry first,
+                                                then the work queue; the stuck thread
+                                                is abandoned and stops when it returns
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+from typing import TYPE_CHECKING, ClassVar, Final
+
+from runqy.app import BoundHandler, Registry
+from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
+from runqy.errors import RunnerClosed
+from runqy.protocol import TaskRequest
+from runqy.runners.base import Capabilities, Reply, Runner
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from runqy.settings import RunqySettings
+
+__all__ = ["ThreadPool", "ThreadRunner", "default_max_threads"]
+
+log = logging.getLogger("runqy")
+
+#: The default pool never exceeds this, however many cores: beyond it threads mostly wait for the GIL.
+_MAX_DEFAULT_THREADS: Final = 32
+
+
+def default_max_threads() -> int:
+    """``min(32, cpu_count + 4)``: enough threads for waiting tasks, few enough for the GIL."""
+    return min(_MAX_DEFAULT_THREADS, (os.cpu_count() or 1) + 4)
+
+
+class ThreadPool:
+    """Up to ``max_threads`` threads that take tasks from one queue and run them through one engine.
+
+    Threads start on demand, when a task arrives and none is idle, so trivial tasks
+    stay on the one or two threads already running. A thread whose attempt timed out
+    is replaced at once, so the pool keeps ``max_threads`` serving threads.
+    """
+
+    def __init__(
+        self, handler: BoundHandler, policy: RetryPolicy, max_threads: int, name: str = "runqy-thread"
+    ) -> None:
+        self.max_threads = max_threads
+        self.engine = AttemptEngine(handler, policy, on_abandon=self._replace)
+        self._name = name
+        self._work: queue.SimpleQueue[tuple[TaskRequest, Reply] | None] = queue.SimpleQueue()
+        # One token per thread that finished a task and went back to the queue; a
+        # submit that takes one starts no thread. Bounded: once full, the pool stops growing.
+        self._idle: collections.deque[None] = collections.deque(maxlen=max_threads)
+        self._lock = threading.Lock()
+        self._all_stopped = threading.Condition(self._lock)
+        self._threads: set[threading.Thread] = set()
+        self._closed = False
+
+    def submit(self, request: TaskRequest, reply: Reply) -> None:
+        """Queue a task; ``reply`` is called exactly once with its final response."""
+        if self._closed:
+            raise RunnerClosed(f"task {request.task_id} submitted after the runner was closed")
+        self._work.put((request, reply))
+        if len(self._threads) < self.max_threads:
+            self._maybe_grow()
+
+    def _maybe_grow(self) -> None:
+        try:
+            self._idle.pop()
+            return  # an idle thread will take the task
+        except IndexError:
+            pass
+        with self._lock:
+            if len(self._threads) < self.max_threads and not self._closed:
+                self._start_thread(None)
+
+    def _start_thread(self, continuation: Continuation | None) -> None:
+        # Daemon threads: a handler stuck for good must not keep the process alive at exit.
+        thread = threading.Thread(target=self._serve, args=(continuation,), name=self._name, daemon=True)
+        self._threads.add(thread)
+        thread.start()
+
+    def _replace(self, abandoned: threading.Thread, continuation: Continuation) -> None:
+        """Called by the engine's watchdog: ``abandoned`` is stuck; a fresh thread finishes its task."""
+        with self._lock:
+            self._threads.discard(abandoned)
+            self._start_thread(continuation)
+
+    def _serve(self, continuation: Continuation | None) -> None:
+        if continuation is not None and not continuation():
+            return  # abandoned in turn, and replaced
+        run, get, idle = self.engine.run, self._work.get, self._idle.append
+        while (item := get()) is not None:
+            try:
+                if not run(*item):
+                    return  # abandoned: a fresh thread has taken this one's place
+            except Exception:  # a failing reply callback must not cost the pool a thread
+                log.exception("task %s: error while answering it", item[0].task_id)
+            idle(None)
+        self._work.put(None)  # wake the next thread: every thread stops on the same sentinel
+        with self._lock:
+            self._threads.discard(threading.current_thread())
+            if not self._threads:
+                self._all_stopped.notify_all()
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Finish the queued tasks, then stop the threads; False if that took longer than ``timeout_s``."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._work.put(None)
+            stopped = self._all_stopped.wait_for(lambda: not self._threads, timeout_s)
+        self.engine.close()
+        return stopped
+
+    @property
+    def threads(self) -> int:
+        """Threads serving now (abandoned ones excluded)."""
+        return len(self._threads)
+
+
+class ThreadRunner(Runner):
+    """Runs up to ``max_threads`` tasks at once on one shared thread pool, with one shared ``@load`` context.
+
+    Handlers must be thread-safe. A timed-out attempt cannot be stopped: it is
+    abandoned (see :mod:`runqy.attempts`); use the process runner for hard timeouts.
+    """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        hard_timeout=False, shares_load_context=True, cpu_parallel=False
+    )
+
+    def __init__(self, max_threads: int | None = None, policy: RetryPolicy | None = None) -> None:
+        super().__init__()
+        self.max_threads = max_threads or default_max_threads()
+        self.policy = policy or RetryPolicy()
+        self._handler: BoundHandler | None = None
+        self._pool: ThreadPool | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RunqySettings) -> Self:
+        """``runner.max_threads`` if set, else ``python_workers``, else :func:`default_max_threads`."""
+        return cls(settings.runner.max_threads or settings.python_workers, settings.retry_policy())
+
+    @property
+    def capacity(self) -> int:
+        return self.max_threads
+
+    def start(self, registry: Registry) -> None:
+        if self._pool is not None:
+            return
+        self._handler = registry.bind()
+        self._pool = ThreadPool(self._handler, self.policy, self.max_threads)
+
+    def submit(self, request: TaskRequest, reply: Reply) -> None:
+        if self._pool is None:
+            raise RunnerClosed(f"task {request.task_id} submitted to a runner that is not started")
+        self._pool.submit(request, reply)
+
+    @property
+    def abandoned_attempts(self) -> int:
+        return self._pool.engine.abandoned if self._pool is not None else 0
+
+    def close(self, timeout_s: float | None = None) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if not pool.close(timeout_s):
+            log.warning("%d task(s) still running after %gs; leaving their threads behind", pool.threads, timeout_s)
+        if self._handler is not None:
+            self._handler.close()
