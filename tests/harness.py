@@ -57,3 +57,12 @@ def wait_for_files(folder: Path, count: int, timeout_s: float = WAIT_S) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"only {len(os.listdir(folder))} of {count} files in {folder} after {timeout_s}s")
         time.sleep(_POLL_S)
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    """Wait until ``predicate()`` holds, for state that has no event to wait on."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout_s}s: {what}")
+        time.sleep(_POLL_S)

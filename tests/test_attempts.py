@@ -1,0 +1,75 @@
+"""The attempt engine on its own: backoff, timeout messages, a retry that does not wait for a stuck attempt."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from harness import WAIT_S, Replies
+
+from runqy.app import Registry
+from runqy.attempts import AttemptEngine, RetryPolicy
+from runqy.context import current_task
+from runqy.errors import TaskTimeout
+from runqy.protocol import TaskRequest
+
+
+@pytest.mark.parametrize("failed_attempt", [1, 2, 3, 4])
+def test_backoff_doubles_with_jitter(failed_attempt: int) -> None:
+    policy = RetryPolicy(retry_backoff_s=0.1)
+    ceiling = 0.1 * 2 ** (failed_attempt - 1)
+    delays = {policy.backoff_s(failed_attempt) for _ in range(50)}
+    assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+    assert len(delays) > 1, "no jitter"
+
+
+def test_timeout_error_names_the_limit_and_the_attempt() -> None:
+    error = TaskTimeout(2.5, 3)
+    assert "attempt 3" in str(error) and "task_timeout_s=2.5" in str(error)
+    assert isinstance(error, TimeoutError)
+
+
+def test_retry_of_a_stuck_attempt_runs_on_another_thread() -> None:
+    release = threading.Event()
+    threads: dict[int, int] = {}
+    registry = Registry()
+
+    @registry.task
+    def handler(payload: Any) -> int:
+        attempt = current_task().attempt
+        threads[attempt] = threading.get_ident()
+        if attempt == 1:
+            release.wait(WAIT_S)  # stuck until the test lets it go
+        return attempt
+
+    engine = AttemptEngine(registry.bind(), RetryPolicy(task_timeout_s=0.2, max_retries=1))
+    replies = Replies()
+    returned: list[bool] = []
+    caller = threading.Thread(
+        target=lambda: returned.append(engine.run(TaskRequest("t", None), replies.reply_for("t")))
+    )
+    caller.start()
+    try:
+        assert replies.one("t").result == 2
+        assert threads[1] != threads[2]
+        assert engine.abandoned == 1
+    finally:
+        release.set()
+    caller.join(WAIT_S)
+    assert returned == [False], "the abandoned caller must stop serving"
+    assert engine.abandoned == 0
+    assert replies.one("t").result == 2, "the late first attempt must not answer again"
+    engine.close()
+
+
+def test_a_timeout_that_never_fires_changes_nothing() -> None:
+    registry = Registry()
+    registry.task(lambda payload: payload)
+    engine = AttemptEngine(registry.bind(), RetryPolicy(task_timeout_s=30))
+    replies = Replies()
+    for n in range(100):
+        assert engine.run(TaskRequest(f"t{n}", n), replies.reply_for(f"t{n}")) is True
+    assert [replies.one(f"t{n}").result for n in range(100)] == list(range(100))
+    assert engine.abandoned == 0
+    engine.close()
