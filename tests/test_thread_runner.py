@@ -135,3 +135,14 @@ def test_async_timeout_cancels_the_coroutine() -> None:
         assert "attempt 1" in (response.error or "") and response.retry is True
         assert cancelled.wait(WAIT_S)
         assert runner.abandoned_attempts == 0
+
+
+def test_a_failing_reply_callback_costs_no_thread(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(response: object) -> None:
+        raise RuntimeError("reply failed")
+
+    with ThreadRunner(1) as runner:
+        runner.start(behaviours_registry())
+        runner.submit(TaskRequest("lost", {"op": "echo"}), broken)
+        assert runner.run_task(TaskRequest("next", {"op": "echo", "n": 2})).result == {"op": "echo", "n": 2}
+    assert "reply failed" in caplog.text

@@ -18,12 +18,14 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from runqy.app import BoundHandler, Registry
 from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
 from runqy.errors import RunnerClosed
-from runqy.protocol import TaskRequest
+from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners.base import Capabilities, Reply, Runner
 
 if TYPE_CHECKING:
@@ -98,16 +100,16 @@ class ThreadPool:
             self._start_thread(continuation)
 
     def _serve(self, continuation: Continuation | None) -> None:
-        if continuation is not None and not continuation():
+        if continuation is not None and not _guarded(continuation):
             return  # abandoned in turn, and replaced
         run, get, idle = self.engine.run, self._work.get, self._idle.append
         while (item := get()) is not None:
+            request, reply = item
             try:
-                if not run(*item):
+                if not run(request, partial(_idle_then_reply, idle, reply)):
                     return  # abandoned: a fresh thread has taken this one's place
-            except Exception:  # a failing reply callback must not cost the pool a thread
-                log.exception("task %s: error while answering it", item[0].task_id)
-            idle(None)
+            except Exception:  # a broken reply callback must not cost the pool a thread, nor hang close()
+                log.exception("task %s: error while answering it", request.task_id)
         self._work.put(None)  # wake the next thread: every thread stops on the same sentinel
         with self._lock:
             self._threads.discard(threading.current_thread())
@@ -128,6 +130,21 @@ class ThreadPool:
     def threads(self) -> int:
         """Threads serving now (abandoned ones excluded)."""
         return len(self._threads)
+
+
+def _guarded(continuation: Continuation) -> bool:
+    try:
+        return continuation()
+    except Exception:  # as in ThreadPool._serve
+        log.exception("error while answering a task after a timeout")
+        return True
+
+
+def _idle_then_reply(idle: Callable[[None], None], reply: Reply, response: TaskResponse) -> None:
+    # Counted idle before replying: the reply often brings the next task at once (the
+    # Go worker keeps N in flight), and that task must find this thread, not start one.
+    idle(None)
+    reply(response)
 
 
 class ThreadRunner(Runner):
