@@ -22,6 +22,7 @@ coroutine is really cancelled: no thread is left behind.
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import logging
 import random
 import threading
@@ -35,7 +36,7 @@ from runqy.app import BoundHandler
 from runqy.errors import TaskTimeout
 from runqy.protocol import TaskRequest, TaskResponse
 
-__all__ = ["AttemptEngine", "Continuation", "RetryPolicy"]
+__all__ = ["AttemptEngine", "Continuation", "RetryPolicy", "resolve_exception", "timed_out"]
 
 log = logging.getLogger("runqy")
 
@@ -57,6 +58,8 @@ class RetryPolicy:
     max_retries: int = 0
     retry_backoff_s: float = 0.0
     max_abandoned_threads: int = 16
+    #: Exception classes retried like ``RetryableError`` (the ``retry_exceptions`` setting).
+    retry_exceptions: tuple[type[BaseException], ...] = ()
 
     def backoff_s(self, failed_attempt: int) -> float:
         """Exponential backoff with jitter: ``retry_backoff_s * 2**(n-1)``, scaled by a random 0.5 to 1.
@@ -93,6 +96,7 @@ class AttemptEngine:
     def __init__(self, handler: BoundHandler, policy: RetryPolicy, on_abandon: OnAbandon | None = None) -> None:
         self.handler = handler
         self.policy = policy
+        handler.retry_exceptions = policy.retry_exceptions
         self._on_abandon = on_abandon or _continue_in_new_thread
         self._lock = threading.Lock()
         self._abandoned = 0
@@ -247,6 +251,22 @@ class _Flag:
 
     def is_set(self) -> bool:
         return self.cancelled
+
+
+def resolve_exception(name: str) -> type[BaseException]:
+    """The exception class named ``name``: a builtin (``"ConnectionError"``) or ``"package.module.Class"``.
+
+    Raises ``ValueError`` saying what is wrong.
+    """
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name or "builtins")
+    except ImportError as exc:
+        raise ValueError(f"{name!r}: cannot import module {module_name!r} ({exc})") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        raise ValueError(f"{name!r} is not an exception class; expected a builtin or 'package.module.Class'")
+    return cls
 
 
 def timed_out(request: TaskRequest, timeout_s: float, attempt: int) -> TaskResponse:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from runqy.attempts import RetryPolicy
+from runqy.attempts import RetryPolicy, resolve_exception
 from runqy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -86,6 +86,8 @@ class RunqySettings(BaseSettings):
     max_retries: int = Field(default=0, ge=0)
     #: First backoff between local retries; doubles each time, with jitter.
     retry_backoff_s: float = Field(default=0.1, ge=0)
+    #: Exceptions retried like RetryableError: builtins (``"ConnectionError"``) or ``"package.module.Class"``.
+    retry_exceptions: list[str] = []
     #: On SIGTERM/SIGINT, how long running tasks may take to finish (the worker kills us after 10 s).
     shutdown_timeout_s: float = Field(default=8.0, ge=0)
     #: Recycle a child process after this many tasks (process and hybrid runners).
@@ -114,6 +116,13 @@ class RunqySettings(BaseSettings):
         sources.append(PyprojectTomlConfigSettingsSource(settings_cls, Path.cwd() / "pyproject.toml"))
         return tuple(sources)
 
+    @field_validator("retry_exceptions")
+    @classmethod
+    def _exceptions_exist(cls, names: list[str]) -> list[str]:
+        for name in names:
+            resolve_exception(name)
+        return names
+
     @property
     def runner_name(self) -> str:
         """The runner to use: ``runner_cls`` if set, else a thread pool when ``python_workers`` > 1."""
@@ -128,7 +137,13 @@ class RunqySettings(BaseSettings):
         return self.runner_class().from_settings(self)
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.task_timeout_s, self.max_retries, self.retry_backoff_s, self.max_abandoned_threads)
+        return RetryPolicy(
+            self.task_timeout_s,
+            self.max_retries,
+            self.retry_backoff_s,
+            self.max_abandoned_threads,
+            tuple(resolve_exception(name) for name in self.retry_exceptions),
+        )
 
 
 def config_file_path() -> Path | None:

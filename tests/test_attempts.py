@@ -73,3 +73,35 @@ def test_a_timeout_that_never_fires_changes_nothing() -> None:
     assert [replies.one(f"t{n}").result for n in range(100)] == list(range(100))
     assert engine.abandoned == 0
     engine.close()
+
+
+def test_exceptions_named_in_settings_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runqy.settings import load_settings
+
+    registry = Registry()
+
+    @registry.task
+    def handler(payload: Any) -> int:
+        attempt = current_task().attempt
+        if attempt == 1:
+            raise ConnectionError("database went away")
+        if payload == "twice":
+            raise ConnectionError("still away")
+        return attempt
+
+    monkeypatch.setenv("RUNQY_RETRY_EXCEPTIONS", '["ConnectionError", "runqy.errors.TaskTimeout"]')
+    runner = load_settings(max_retries=1, retry_backoff_s=0).build_runner()
+    with runner:
+        runner.start(registry)
+        assert runner.run_task(TaskRequest("once", None)).result == 2
+        given_up = runner.run_task(TaskRequest("twice", "twice"))
+        assert given_up.retry is True and "ConnectionError: still away" in (given_up.error or "")
+
+
+@pytest.mark.parametrize("name", ["NoSuchError", "no_such_module.Error", "runqy.settings.RunqySettings"])
+def test_an_unknown_retry_exception_is_a_config_error(name: str) -> None:
+    from runqy.errors import ConfigError
+    from runqy.settings import load_settings
+
+    with pytest.raises(ConfigError, match="retry_exceptions"):
+        load_settings(retry_exceptions=[name])
