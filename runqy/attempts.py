@@ -70,21 +70,33 @@ class RetryPolicy:
         return self.retry_backoff_s * (2.0 ** (failed_attempt - 1)) * random.uniform(0.5, 1.0)
 
 
-class _Attempt:
-    """One timed attempt while it runs; also its cancellation flag, seen by the handler."""
+class _Flag:
+    """The cancellation flag of an attempt, as ``current_task().cancelled`` reads it.
 
-    __slots__ = ("cancelled", "deadline", "number", "reply", "request", "thread")
+    Lighter than a ``threading.Event``, whose creation costs more than a trivial task.
+    """
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def is_set(self) -> bool:
+        return self.cancelled
+
+
+class _Attempt(_Flag):
+    """One timed attempt while it runs, with what the watchdog needs to give up on it."""
+
+    __slots__ = ("deadline", "number", "reply", "request", "thread")
 
     def __init__(self, request: TaskRequest, number: int, reply: Reply, deadline: float) -> None:
+        super().__init__()
         self.request = request
         self.number = number
         self.reply = reply
         self.deadline = deadline
         self.thread = threading.current_thread()
-        self.cancelled = False
-
-    def is_set(self) -> bool:
-        return self.cancelled
 
 
 class AttemptEngine:
@@ -96,6 +108,7 @@ class AttemptEngine:
     def __init__(self, handler: BoundHandler, policy: RetryPolicy, on_abandon: OnAbandon | None = None) -> None:
         self.handler = handler
         self.policy = policy
+        # The handler maps exceptions to responses, so it is what must know the retryable ones.
         handler.retry_exceptions = policy.retry_exceptions
         self._on_abandon = on_abandon or _continue_in_new_thread
         self._lock = threading.Lock()
@@ -201,7 +214,14 @@ class AttemptEngine:
                 abandoned,
                 self.policy.max_abandoned_threads,
             )
-        self._on_abandon(attempt.thread, partial(self._resume, attempt, timed_out(request, timeout_s, attempt.number)))
+        response = timed_out(request, timeout_s, attempt.number)
+        try:
+            self._on_abandon(attempt.thread, partial(self._resume, attempt, response))
+        except Exception:  # no thread to take over (the system refused one): answer now, without retrying
+            log.exception(
+                "task %s: cannot hand over the timed-out task; answering it with the timeout", request.task_id
+            )
+            attempt.reply(response)
 
     def _resume(self, attempt: _Attempt, response: TaskResponse) -> bool:
         """The rest of a task after its attempt timed out: reply, or back off and retry here."""
@@ -218,8 +238,9 @@ class AttemptEngine:
 class _Watchdog:
     """One thread that gives up on timed attempts past their deadline.
 
-    It never needs waking for a new attempt: an attempt started after a scan has a
-    deadline at least ``timeout_s`` after that scan, and the next scan comes no later.
+    It never needs waking for a new attempt: an attempt that a scan did not see started
+    (read the clock) at about the scan's time or later, so its deadline is no earlier
+    than the next scan, which comes at most ``timeout_s`` later.
     """
 
     def __init__(self, engine: AttemptEngine, timeout_s: float) -> None:
@@ -239,18 +260,6 @@ class _Watchdog:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
-
-
-class _Flag:
-    """A cancellation flag for an ``async`` attempt."""
-
-    __slots__ = ("cancelled",)
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def is_set(self) -> bool:
-        return self.cancelled
 
 
 def resolve_exception(name: str) -> type[BaseException]:

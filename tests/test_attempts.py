@@ -105,3 +105,24 @@ def test_an_unknown_retry_exception_is_a_config_error(name: str) -> None:
 
     with pytest.raises(ConfigError, match="retry_exceptions"):
         load_settings(retry_exceptions=[name])
+
+
+def test_a_timeout_is_answered_even_when_no_thread_can_take_over() -> None:
+    release = threading.Event()
+    registry = Registry()
+    registry.task(lambda payload: release.wait(WAIT_S))
+
+    def refuse(abandoned: threading.Thread, continuation: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    engine = AttemptEngine(registry.bind(), RetryPolicy(task_timeout_s=0.2, max_retries=3), on_abandon=refuse)
+    replies = Replies()
+    caller = threading.Thread(target=engine.run, args=(TaskRequest("t", None), replies.reply_for("t")))
+    caller.start()
+    try:
+        assert "timed out" in (replies.one("t").error or "")
+    finally:
+        release.set()
+    caller.join(WAIT_S)
+    assert len(replies.responses["t"]) == 1
+    engine.close()

@@ -70,12 +70,18 @@ class ThreadPool:
         self._closed = False
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
-        """Queue a task; ``reply`` is called exactly once with its final response."""
-        if self._closed:
-            raise RunnerClosed(f"task {request.task_id} submitted after the runner was closed")
-        self._work.put((request, reply))
-        if len(self._threads) < self.max_threads:
-            self._maybe_grow()
+        """Queue a task; ``reply`` is called exactly once with its final response.
+
+        Raises :class:`RunnerClosed` after :meth:`close`, and ``RuntimeError`` when the
+        pool has no thread and the system refuses to start one.
+        """
+        # Under the lock, so that no task is queued behind the sentinel of close().
+        with self._lock:
+            if self._closed:
+                raise RunnerClosed(f"task {request.task_id} submitted after the runner was closed")
+            if len(self._threads) < self.max_threads:
+                self._maybe_grow()
+            self._work.put((request, reply))
 
     def _maybe_grow(self) -> None:
         try:
@@ -83,15 +89,18 @@ class ThreadPool:
             return  # an idle thread will take the task
         except IndexError:
             pass
-        with self._lock:
-            if len(self._threads) < self.max_threads and not self._closed:
-                self._start_thread(None)
+        try:
+            self._start_thread(None)
+        except RuntimeError:
+            if not self._threads:
+                raise
+            log.warning("cannot start another thread; %d threads serve on", len(self._threads), exc_info=True)
 
     def _start_thread(self, continuation: Continuation | None) -> None:
         # Daemon threads: a handler stuck for good must not keep the process alive at exit.
         thread = threading.Thread(target=self._serve, args=(continuation,), name=self._name, daemon=True)
-        self._threads.add(thread)
-        thread.start()
+        thread.start()  # before counting it: a thread that failed to start must not be waited for
+        self._threads.add(thread)  # the lock is held: the thread cannot discard itself before this
 
     def _replace(self, abandoned: threading.Thread, continuation: Continuation) -> None:
         """Called by the engine's watchdog: ``abandoned`` is stuck; a fresh thread finishes its task."""
