@@ -141,7 +141,7 @@ class Server:
         self.runner.on_fatal = self._on_fatal
         restore = self._install_signal_handlers()
         try:
-            reader = threading.Thread(target=self._read, args=(stdin_fd,), name="runqy-reader", daemon=True)
+            reader = threading.Thread(target=self._read_or_fail, args=(stdin_fd,), name="runqy-reader", daemon=True)
             reader.start()
             self._stop.wait()
             return self._shut_down()
@@ -154,6 +154,13 @@ class Server:
         self._stop.set()
 
     # --- reading -----------------------------------------------------------------------------
+
+    def _read_or_fail(self, fd: int) -> None:
+        try:
+            self._read(fd)
+        except BaseException as exc:
+            log.critical("the stdin reader failed", exc_info=exc)
+            self._stop_with(StopReason.FATAL)
 
     def _read(self, fd: int) -> None:
         pending = b""
