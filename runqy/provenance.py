@@ -60,17 +60,22 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[str]:
     keys: list[str] = []
     for key, value in values.items():
         dotted = f"{prefix}{key}"
-        keys += _flatten(value, f"{dotted}.") if isinstance(value, Mapping) and value else [dotted]
+        # An empty table sets nothing; a table's keys are listed one by one.
+        keys += _flatten(value, f"{dotted}.") if isinstance(value, Mapping) else [dotted]
     return keys
 
 
 def origin_of(dotted: str, layers: list[Layer]) -> str | None:
-    """The origin of the highest source that sets ``dotted`` (or the table holding it), if any."""
+    """The origin of the highest source that sets ``dotted``, the table holding it, or keys inside it."""
     parent = dotted.partition(".")[0]
     for layer in layers:
-        for key in (dotted, parent):
-            if key in layer:
-                return layer[key]
+        if dotted in layer:
+            return layer[dotted]
+        if parent in layer:  # the whole table given as one value
+            return layer[parent]
+        inside = next((key for key in layer if key.startswith(f"{dotted}.")), None)
+        if inside is not None:  # an unknown table, such as [tool.runqy] inside a RUNQY_CONFIG file
+            return layer[inside]
     return None
 
 
