@@ -75,7 +75,8 @@ def test_precedence_code_none_over_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_precedence_nested_env_over_pyproject_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pyproject = write_pyproject(
-        tmp_path, '[tool.runqy]\nrunner_cls = "hybrid"\n[tool.runqy.runner]\nnum_processes = 2\nthreads_per_process = 3\n'
+        tmp_path,
+        '[tool.runqy]\nrunner_cls = "hybrid"\n[tool.runqy.runner]\nnum_processes = 2\nthreads_per_process = 3\n',
     )
     monkeypatch.setenv("RUNQY_RUNNER__THREADS_PER_PROCESS", "5")
     values, sources = resolved()
@@ -85,7 +86,7 @@ def test_precedence_nested_env_over_pyproject_table(tmp_path: Path, monkeypatch:
 
 
 def test_precedence_runner_table_as_json_env_over_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RUNQY_CONFIG", str(write_config(tmp_path, '[runner]\nmax_threads = 2\n')))
+    monkeypatch.setenv("RUNQY_CONFIG", str(write_config(tmp_path, "[runner]\nmax_threads = 2\n")))
     monkeypatch.setenv("RUNQY_RUNNER", '{"max_threads": 6}')
     values, sources = resolved(runner_cls="thread")
     assert values["runner.max_threads"] == 6
@@ -149,7 +150,9 @@ def test_unknown_log_level_lists_the_allowed_values(tmp_path: Path) -> None:
 
 def test_typo_in_pyproject_is_an_error_naming_key_and_file(tmp_path: Path) -> None:
     pyproject = write_pyproject(tmp_path, "[tool.runqy]\ntask_timeout = 5\n")
-    with pytest.raises(ConfigError, match=rf"task_timeout: unknown setting, set in \[tool.runqy\] of {pyproject}") as err:
+    with pytest.raises(
+        ConfigError, match=rf"task_timeout: unknown setting, set in \[tool.runqy\] of {pyproject}"
+    ) as err:
         resolve_settings()
     assert "did you mean 'task_timeout_s'?" in str(err.value)
 
