@@ -11,10 +11,16 @@ them into errors with the usual warning filters.
 from __future__ import annotations
 
 import difflib
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pydantic
+import pydantic_settings
+from pydantic import BaseModel
 
 from runqy.catalog import BUILTIN_RUNNERS, RUNNER_SPECIFIC_FIELDS, RunnerSpec, find_builtin, import_runner
 from runqy.errors import ConfigError, ConfigWarning
@@ -23,13 +29,24 @@ from runqy.runners.base import Capabilities
 if TYPE_CHECKING:
     from runqy.settings import RunqySettings
 
-__all__ = ["DERIVED_FROM", "ResolvedRunner", "check_environment", "check_settings", "resolve_runner"]
+__all__ = [
+    "DERIVED_FROM",
+    "ResolvedRunner",
+    "caller_stacklevel",
+    "check_environment",
+    "check_settings",
+    "resolve_runner",
+]
 
 #: Fields that settings fill in from another one when no source sets them.
 DERIVED_FROM = {"runner_cls": "python_workers", "runner.max_threads": "python_workers"}
 
 #: ``RUNQY_*`` variables that are not settings but that runqy itself reads.
 NON_SETTING_ENV_VARS = frozenset({"RUNQY_CONFIG", "RUNQY_CHILD_PROCESS"})
+
+_INTERNAL_PREFIXES = tuple(
+    str(Path(str(package.__file__)).parent) for package in (sys.modules["runqy"], pydantic, pydantic_settings)
+)
 
 # A more useful fix than "remove it" for options that are often confused.
 _HINTS = {
@@ -136,17 +153,36 @@ def _derive_from_workers(settings: RunqySettings, runner: ResolvedRunner) -> dic
 
 
 def _warn_ignored_options(settings: RunqySettings, spec: RunnerSpec) -> None:
-    explicit = {*settings.model_fields_set, *(f"runner.{name}" for name in settings.runner.model_fields_set)}
     for field in RUNNER_SPECIFIC_FIELDS:
-        if field not in explicit or field in spec.options or field == "require_hard_timeout":
-            continue
+        if field in spec.options or field == "require_hard_timeout" or not _differs_from_default(settings, field):
+            continue  # a default value changes nothing, even when a file spells it out
         users = [alias for alias, other in BUILTIN_RUNNERS.items() if field in other.options]
         hint = _HINTS.get((field, spec.alias), f"remove it, or choose runner_cls = {users[0]!r}")
         _warn(field, f"is ignored by the {spec.alias} runner (it applies to: {', '.join(users)})", hint)
 
 
+def _differs_from_default(settings: RunqySettings, dotted: str) -> bool:
+    owner: BaseModel = settings
+    table, _, name = dotted.rpartition(".")
+    if table:
+        owner = getattr(settings, table)
+    return bool(getattr(owner, name) != type(owner).model_fields[name].default)
+
+
 def _warn(field: str, what: str, fix: str) -> None:
-    warnings.warn(f"{field} {what}; fix: {fix}", ConfigWarning, stacklevel=3)
+    warnings.warn(ConfigWarning(f"{field} {what}; fix: {fix}", fields=(field,)), stacklevel=caller_stacklevel())
+
+
+def caller_stacklevel() -> int:
+    """The stack level of the first frame outside runqy and pydantic: the code that built the settings.
+
+    The warning then points at the user's ``run()`` or builder call rather than at
+    pydantic's validation machinery.
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_PREFIXES):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def check_environment(environ: Mapping[str, str], known: set[str]) -> None:
@@ -167,5 +203,5 @@ def check_environment(environ: Mapping[str, str], known: set[str]) -> None:
             warnings.warn(
                 f"environment variable {name} is not a runqy setting and is ignored; did you mean {close[0]}?",
                 ConfigWarning,
-                stacklevel=3,
+                stacklevel=caller_stacklevel(),
             )

@@ -46,8 +46,13 @@ class ConfigWarning(UserWarning):
     """Issued when a setting is valid but has no effect with the chosen runner, and how to fix that.
 
     Turn these into errors with ``warnings.simplefilter("error", ConfigWarning)`` or
-    ``PYTHONWARNINGS=error::runqy.errors.ConfigWarning``.
+    ``PYTHONWARNINGS=error::runqy.errors.ConfigWarning``. ``fields`` lists the
+    dotted settings involved.
     """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class ProtocolError(RunqyError):

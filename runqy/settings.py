@@ -9,6 +9,7 @@ Go worker starts it), then the defaults below.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,8 +25,8 @@ from pydantic_settings import (
 
 from runqy.attempts import RetryPolicy
 from runqy.catalog import BUILTIN_RUNNERS, import_runner
-from runqy.checks import check_environment, check_settings
-from runqy.errors import ConfigError
+from runqy.checks import caller_stacklevel, check_environment, check_settings
+from runqy.errors import ConfigError, ConfigWarning
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -184,13 +185,34 @@ def resolve_settings(overrides: Mapping[str, Any] | None = None, *, code_origin:
     """
     overrides = dict(overrides or {})
     check_environment(os.environ, set(RunqySettings.model_fields))
-    try:
-        return RunqySettings(**overrides)
-    except ValidationError as exc:
-        from runqy.provenance import describe_errors
+    # Held back and issued again below with the source of each field, which only this level knows.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        try:
+            settings = RunqySettings(**overrides)
+        except ValidationError as exc:
+            from runqy.provenance import describe_errors
 
-        message, fields = describe_errors(exc, overrides, code_origin=code_origin)
-        raise ConfigError(message, fields=fields) from exc
+            message, fields = describe_errors(exc, overrides, code_origin=code_origin)
+            raise ConfigError(message, fields=fields) from exc
+    _issue_again(caught, overrides, code_origin)
+    return settings
+
+
+def _issue_again(caught: list[warnings.WarningMessage], overrides: dict[str, Any], code_origin: str) -> None:
+    if not caught:
+        return
+    from runqy.provenance import describe_origin, origin_of, source_layers
+
+    layers = source_layers(overrides, code_origin=code_origin)
+    for record in caught:
+        warning = record.message
+        if not isinstance(warning, ConfigWarning):
+            warnings.warn_explicit(warning, record.category, record.filename, record.lineno)
+            continue
+        where = "; ".join(f"{f} from {describe_origin(origin_of(f, layers) or 'default')}" for f in warning.fields)
+        text = f"{warning} ({where})" if where else str(warning)
+        warnings.warn(ConfigWarning(text, fields=warning.fields), stacklevel=caller_stacklevel())
 
 
 def load_settings(**overrides: Any) -> RunqySettings:

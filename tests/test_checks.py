@@ -52,10 +52,21 @@ def test_hard_timeout_without_a_timeout_warns() -> None:
 
 
 def test_threads_per_process_on_the_thread_runner_warns_with_the_fix(tmp_path: Path) -> None:
-    write_pyproject(tmp_path, '[tool.runqy]\nrunner_cls = "thread"\n[tool.runqy.runner]\nthreads_per_process = 4\n')
+    pyproject = write_pyproject(
+        tmp_path, '[tool.runqy]\nrunner_cls = "thread"\n[tool.runqy.runner]\nthreads_per_process = 4\n'
+    )
     with pytest.warns(ConfigWarning, match=r"runner.threads_per_process is ignored by the thread runner") as record:
         resolve_settings()
-    assert "runner.max_threads" in str(record[0].message)
+    assert "fix: size the pool with runner.max_threads" in str(record[0].message)
+    assert f"(runner.threads_per_process from [tool.runqy] of {pyproject})" in str(record[0].message)
+
+
+def test_a_default_value_spelt_out_is_not_reported() -> None:
+    """Re-validating resolved settings (a dump, a copy in a child) must not turn defaults into warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        dump = resolve_settings({"runner_cls": "process"}).model_dump()
+        assert resolve_settings(dump).runner_cls == "process"
 
 
 @pytest.mark.parametrize("field", ["max_tasks_per_child", "max_memory_per_child_mb"])
