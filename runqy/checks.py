@@ -45,7 +45,7 @@ DERIVED_FROM = {"runner_cls": "python_workers", "runner.max_threads": "python_wo
 NON_SETTING_ENV_VARS = frozenset({"RUNQY_CONFIG", "RUNQY_CHILD_PROCESS"})
 
 _INTERNAL_PREFIXES = tuple(
-    str(Path(str(package.__file__)).parent) for package in (sys.modules["runqy"], pydantic, pydantic_settings)
+    str(Path(str(path)).parent) for path in (__file__, pydantic.__file__, pydantic_settings.__file__)
 )
 
 # A more useful fix than "remove it" for options that are often confused.
@@ -125,16 +125,18 @@ def _derive_from_workers(settings: RunqySettings, runner: ResolvedRunner) -> dic
         derived["runner_cls"] = "thread"
     if workers is None or runner.spec is None:
         return derived  # a user's own runner reads python_workers itself if it wants to
-    if runner.name == "thread":
-        if settings.runner.max_threads is None:
-            derived["runner.max_threads"] = workers
-        elif settings.runner.max_threads != workers:
-            _warn(
-                "python_workers",
-                f"= {workers} is ignored: runner.max_threads = {settings.runner.max_threads} sets the thread pool",
-                "remove one of the two",
-            )
-    elif workers > 1 and runner.name == "sequential":
+    if runner.name == "thread" and settings.runner.max_threads is None:
+        derived["runner.max_threads"] = workers
+        return derived
+    if workers <= 1:
+        return derived  # one worker asks for nothing that any runner fails to do
+    if runner.name == "thread" and settings.runner.max_threads != workers:
+        _warn(
+            "python_workers",
+            f"= {workers} is ignored: runner.max_threads = {settings.runner.max_threads} sets the thread pool",
+            "remove one of the two",
+        )
+    elif runner.name == "sequential":
         _warn(
             "python_workers",
             f"= {workers} is ignored: runner_cls = {settings.runner_cls!r} runs one task at a time",

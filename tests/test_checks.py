@@ -162,3 +162,12 @@ def test_catalog_matches_what_each_runner_declares(alias: str) -> None:
     cls = import_runner(alias)
     assert cls.capabilities == spec.capabilities
     assert f"{cls.__module__}:{cls.__name__}" == spec.path
+
+
+@pytest.mark.parametrize("runner", ["sequential", "process", "hybrid"])
+def test_one_python_worker_is_never_reported(runner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deployment may export RUNQY_PYTHON_WORKERS=1 everywhere; it asks for nothing any runner fails to do."""
+    monkeypatch.setenv("RUNQY_PYTHON_WORKERS", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        assert resolve_settings({"runner_cls": runner}).runner_name == runner
