@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from runqy.provenance import describe_origin, describe_settings
+from runqy.provenance import DEFAULT, describe_origin, describe_settings
 
 __all__ = ["add_config_command", "format_report"]
 
@@ -54,7 +54,8 @@ def format_report(report: dict[str, Any]) -> str:
     value_width = max(len(json.dumps(value)) for value in values.values())
     for name, value in values.items():
         origin = report["sources"][name]
-        lines.append(f"{name:<{width}}  {json.dumps(value):<{value_width}}  {describe_origin(origin)}")
+        where = origin if origin == DEFAULT else describe_origin(origin)
+        lines.append(f"{name:<{width}}  {json.dumps(value):<{value_width}}  {where}")
     if report["warnings"]:
         lines += ["", "warnings:", *(f"  {warning}" for warning in report["warnings"])]
     return "\n".join(lines)

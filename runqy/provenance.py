@@ -108,7 +108,7 @@ def describe_origin(origin: str) -> str:
         return f"[tool.runqy] of {where}"
     if origin == "cli":
         return "the command line"
-    return origin
+    return "the defaults" if origin == DEFAULT else origin
 
 
 def describe_settings(overrides: Mapping[str, Any] | None = None, *, code_origin: str = "code") -> dict[str, Any]:
@@ -160,6 +160,9 @@ def describe_errors(
             fields += cause.fields
             continue
         dotted = ".".join(str(part) for part in error["loc"])
+        if not dotted:  # raised while checking the whole model, outside runqy's own checks
+            lines.append(f"  {error['msg']}")
+            continue
         fields.append(dotted)
         origin = origin_of(dotted, layers) or DEFAULT
         if error["type"] == "extra_forbidden":
