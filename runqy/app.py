@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from runqy.aio import EventLoopThread
-from runqy.context import Cancellation, TaskInfo, _current
+from runqy.context import Cancellation, _current
 from runqy.errors import HandlerNotRegistered, LoadFailed, RetryableError
-from runqy.protocol import TaskRequest, TaskResponse
+from runqy.protocol import TaskRequest, TaskResponse, new_response
 
 __all__ = ["BoundHandler", "Registry", "default_registry", "load", "task"]
 
@@ -81,20 +81,20 @@ class BoundHandler:
 
     def execute(self, request: TaskRequest, attempt: int = 1, cancel: Cancellation | None = None) -> TaskResponse:
         """Run a synchronous handler once in the calling thread; never raises."""
-        token = _current.set(TaskInfo.for_request(request, attempt, cancel or _NEVER_CANCELLED))
+        token = _current.set((request, attempt, cancel or _NEVER_CANCELLED))
         try:
             result = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
         except BaseException as exc:  # noqa: BLE001 - a SystemExit in a handler must fail the task, not the worker
             return failure_response(request, exc, self.retry_exceptions)
         finally:
             _current.reset(token)
-        return TaskResponse(request.task_id, result)
+        return new_response((request.task_id, result, None, False))
 
     async def execute_async(
         self, request: TaskRequest, attempt: int = 1, cancel: Cancellation | None = None
     ) -> TaskResponse:
         """Run an ``async def`` handler once on the worker's loop; never raises except on cancellation."""
-        _current.set(TaskInfo.for_request(request, attempt, cancel or _NEVER_CANCELLED))
+        _current.set((request, attempt, cancel or _NEVER_CANCELLED))
         try:
             coro = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
             result = await coro

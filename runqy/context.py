@@ -50,7 +50,9 @@ class TaskInfo:
         )
 
 
-_current: ContextVar[TaskInfo] = ContextVar("runqy_current_task")
+# What runs now, as (request, attempt, cancel flag): a TaskInfo is only built when a
+# handler asks for one, which keeps it off the hot path of handlers that never do.
+_current: ContextVar[tuple[TaskRequest, int, Cancellation]] = ContextVar("runqy_current_task")
 
 
 def current_task() -> TaskInfo:
@@ -59,6 +61,7 @@ def current_task() -> TaskInfo:
     Raises :class:`RunqyError` when called outside a task handler.
     """
     try:
-        return _current.get()
+        request, attempt, cancel = _current.get()
     except LookupError:
         raise RunqyError("current_task() is only available while a @task handler runs") from None
+    return TaskInfo.for_request(request, attempt, cancel)

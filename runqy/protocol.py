@@ -9,14 +9,15 @@ can write into the protocol stream.
 from __future__ import annotations
 
 import json
+import json.encoder
 import logging
 import os
 import queue
 import re
 import sys
 import threading
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
 
 import pydantic_core
 
@@ -44,14 +45,41 @@ _MAX_SALVAGED_ID_CHARS: Final = 256
 _SALVAGE_TASK_ID = re.compile(rb'"task_id"\s*:\s*"([^"\\\r\n]{1,%d})"' % _MAX_SALVAGED_ID_CHARS)
 _EXPECTED = 'expected one JSON object per line, like {"task_id": "...", "payload": ...}'
 
-# Reused for every response: building an encoder per call costs more than encoding a small result.
-_ENCODER: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+def _not_json(value: object) -> None:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_encoder() -> Callable[[Any], str]:
+    """A strict JSON encoder (no NaN, ASCII only, compact), built once and reused for every line.
+
+    ``json.dumps`` builds a new encoder per call, which costs more than encoding a
+    small result; the C encoder underneath is reusable and stateless when circular
+    references are left to the recursion limit. Falls back to the pure-Python
+    encoder where the C one is missing.
+    """
+    c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+    try:
+        c_encoder = c_make_encoder(None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", *[False] * 3)
+
+        def encode(value: Any) -> str:
+            return "".join(c_encoder(value, 0))
+
+        if encode({"a": [1, None, True, "\u00e9"]}) == '{"a":[1,null,true,"\\u00e9"]}':
+            return encode
+    except TypeError:  # missing (None) or with another signature: use the documented encoder
+        pass
+    return json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_not_json).encode
+
+
+_encode: Final = _make_encoder()
+_quote: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
 
 READY_LINE: Final = b'{"status":"ready"}\n'
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRequest:
+# Named tuples: immutable, picklable for child processes, and cheap to build on the hot path.
+class TaskRequest(NamedTuple):
     """One task as the Go worker sends it."""
 
     task_id: str
@@ -62,8 +90,7 @@ class TaskRequest:
     max_retry: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class TaskResponse:
+class TaskResponse(NamedTuple):
     """The answer to one task: success when ``error`` is None."""
 
     task_id: str
@@ -77,13 +104,19 @@ class TaskResponse:
         return cls(task_id, None, error or "task failed without a message", retry)
 
 
-# (field, expected Python type, what to say) for the optional request fields.
-_FIELDS: Final = (
+# The optional request fields: (name, Python type, what to say when it is wrong).
+_OPTIONAL_FIELDS: Final = (
     ("type", str, "a string"),
     ("queue", str, "a string"),
     ("retry_count", int, "an integer"),
     ("max_retry", int, "an integer"),
 )
+_EXPECTED_TYPES: Final = tuple(expected_type for _, expected_type, _ in _OPTIONAL_FIELDS)
+
+
+# Build the named tuples above from one tuple in C, without the Python-level __new__ (hot path).
+_new_request: Final = TaskRequest._make
+new_response: Final = TaskResponse._make
 
 
 def parse_request(line: bytes) -> TaskRequest:
@@ -91,29 +124,30 @@ def parse_request(line: bytes) -> TaskRequest:
 
     The error carries ``task_id`` when one could be read from the line, so that the
     Go worker's pending task is failed at once instead of waiting for its deadline.
+    Unknown keys are ignored, missing optional ones take their defaults.
     """
     try:
         data = pydantic_core.from_json(line)
     except ValueError as exc:
         raise _bad(line, f"invalid request: not valid JSON ({exc}); {_EXPECTED}") from None
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise _bad(line, f"invalid request: got a JSON {_json_kind(data)}; {_EXPECTED}")
     task_id = data.get("task_id")
-    if not isinstance(task_id, str):
+    if type(task_id) is not str:
         what = "missing task_id" if task_id is None else f"task_id must be a string, got a JSON {_json_kind(task_id)}"
         raise _bad(line, f"invalid request: {what}; {_EXPECTED}")
-    for name, expected_type, expected in _FIELDS:
-        value = data.get(name)
-        if value is not None and (type(value) is not expected_type):
-            raise ProtocolError(f"invalid request: {name} must be {expected}, got a JSON {_json_kind(value)}", task_id)
-    return TaskRequest(
-        task_id=task_id,
-        payload=data.get("payload"),
-        type=data.get("type") or "",
-        queue=data.get("queue") or "",
-        retry_count=data.get("retry_count") or 0,
-        max_retry=data.get("max_retry") or 0,
+    task_type, queue, retry_count, max_retry = values = (
+        data.get("type", ""),
+        data.get("queue", ""),
+        data.get("retry_count", 0),
+        data.get("max_retry", 0),
     )
+    if (type(task_type), type(queue), type(retry_count), type(max_retry)) != _EXPECTED_TYPES:
+        for (name, expected_type, expected), value in zip(_OPTIONAL_FIELDS, values, strict=True):
+            if type(value) is not expected_type:
+                why = f"invalid request: {name} must be {expected}, got a JSON {_json_kind(value)}"
+                raise ProtocolError(why, task_id)
+    return _new_request((task_id, data.get("payload"), task_type, queue, retry_count, max_retry))
 
 
 def _bad(line: bytes, message: str) -> ProtocolError:
@@ -132,37 +166,42 @@ def encode_response(response: TaskResponse) -> bytes:
     A result that is not JSON (a set, NaN, an arbitrary object) or that would make the
     line too long for the Go worker becomes an error response that says so.
     """
-    task_id = _ENCODER.encode(response.task_id)
-    error = None if response.error is None else _clip(response.error)
+    task_id, result, error, retry = response
     try:
-        result = _ENCODER.encode(response.result)
+        result_json = _encode(result)
     except (TypeError, ValueError, RecursionError) as exc:
-        result, error = (
-            "null",
-            _clip(
-                f"result is not JSON: {exc}; return dicts, lists, strings, finite numbers, booleans or None"
-                + (f" (the handler's own error was: {error})" if error else "")
-            ),
-        )
-        response = TaskResponse(response.task_id, None, error, False)
-    line = _line(task_id, result, error, response.retry)
+        reason = "nested too deeply or circular" if isinstance(exc, RecursionError) else str(exc)
+        why = f"result is not JSON: {reason}; return dicts, lists, strings, finite numbers, booleans or None"
+        if error:
+            why += f" (the handler's own error was: {error})"
+        return _line(task_id, "null", why, False)
+    line = _line(task_id, result_json, error, retry)
     if len(line) < MAX_LINE_BYTES:
         return line
-    error = (
+    return _line(
+        task_id,
+        "null",
         f"result is {len(line) / 2**20:.1f} MiB as JSON; a response line must stay under "
-        f"{MAX_LINE_BYTES // 2**20} MiB (the Go worker's limit): store large outputs elsewhere and return a reference"
+        f"{MAX_LINE_BYTES // 2**20} MiB (the Go worker's limit): store large outputs elsewhere and return a reference",
+        False,
     )
-    return _line(task_id, "null", error, False)
 
 
-def _line(task_id: str, result: str, error: str | None, retry: bool) -> bytes:
-    error_json = "null" if error is None else _ENCODER.encode(error)
-    retry_json = "true" if retry else "false"
-    text = f'{{"task_id":{task_id},"result":{result},"error":{error_json},"retry":{retry_json}}}\n'
-    return text.encode()
+def _line(task_id: str, result_json: str, error: str | None, retry: bool) -> bytes:
+    # Assembled by hand around the encoded result: a dict per response cost more than the rest.
+    error_json = "null" if error is None else _encode_string(_clip(error))
+    retry_json = "true" if retry is True else "false"
+    task_id_json = _encode_string(task_id)
+    return f'{{"task_id":{task_id_json},"result":{result_json},"error":{error_json},"retry":{retry_json}}}\n'.encode()
+
+
+def _encode_string(text: str) -> str:
+    return _quote(text if type(text) is str else str(text))
 
 
 def _clip(text: str) -> str:
+    if type(text) is not str:
+        text = str(text)
     if len(text) <= MAX_ERROR_CHARS:
         return text
     half = MAX_ERROR_CHARS // 2
@@ -171,7 +210,7 @@ def _clip(text: str) -> str:
 
 def error_status_line(message: str) -> bytes:
     """The status line that fails start-up (the process then exits non-zero)."""
-    return (_ENCODER.encode({"status": "error", "error": _clip(message) or "start-up failed"}) + "\n").encode()
+    return (_encode({"status": "error", "error": _clip(message) or "start-up failed"}) + "\n").encode()
 
 
 class ProtocolChannel:

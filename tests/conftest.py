@@ -1,4 +1,4 @@
-"""Fixtures shared by the test suite, above all the runner under contract test.
+"""Fixtures shared by the test suite: the runner under contract test, and workers started as the Go worker would.
 
 Adding a runner to the contract suite is one line in :data:`RUNNERS`.
 """
@@ -6,6 +6,8 @@ Adding a runner to the contract suite is one line in :data:`RUNNERS`.
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,11 @@ from runqy.app import Registry
 from runqy.local import LocalWorker
 from runqy.runners.base import Runner
 from runqy.settings import load_settings
+
+#: Environment of every spawned worker: no RUNQY_* setting leaks in from the developer's shell.
+CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("RUNQY_")}
+
+WorkerFactory = Callable[..., LocalWorker]
 
 #: Every runner the contract suite runs against, with the settings (as the environment) that select it.
 RUNNERS: dict[str, dict[str, str]] = {
@@ -96,3 +103,32 @@ def capacity_of(runner_name: str, **env: str) -> int:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture
+def write_worker(tmp_path: Path) -> Callable[[str], Path]:
+    """Write a worker script from (dedented) source and return its path."""
+
+    def write(source: str, name: str = "worker.py") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
+    """Start ``python SCRIPT`` with pipes (killed at the end of the test); extra env vars as keywords."""
+    started: list[LocalWorker] = []
+
+    def start(script: Path, *args: str, ready: bool = True, **env: str) -> LocalWorker:
+        worker = LocalWorker([sys.executable, str(script), *args], env={**CLEAN_ENV, **env}, cwd=str(tmp_path))
+        started.append(worker)
+        if ready:
+            worker.wait_ready(timeout_s=30)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.__exit__(None, None, None)

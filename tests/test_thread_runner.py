@@ -30,7 +30,7 @@ from runqy.worker import Worker
         ({"python_workers": 8}, ThreadRunner, 8),
         ({"runner_cls": "thread"}, ThreadRunner, default_max_threads()),
         ({"runner_cls": "ThreadRunner", "python_workers": 3}, ThreadRunner, 3),
-        ({"python_workers": 8, "runner": {"max_threads": 2}}, ThreadRunner, 2),
+        ({"runner_cls": "thread", "runner": {"max_threads": 2}}, ThreadRunner, 2),
     ],
 )
 def test_settings_select_and_size_the_runner(settings: dict[str, Any], runner_cls: type, capacity: int) -> None:

@@ -56,6 +56,11 @@ class SequentialRunner(Runner):
             raise RunnerClosed(f"task {request.task_id} submitted to a runner that is not started")
         self._pool.submit(request, reply)
 
+    def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        if self._pool is None:
+            raise RunnerClosed(f"{len(tasks)} task(s) submitted to a runner that is not started")
+        self._pool.submit_many(tasks)
+
     @property
     def abandoned_attempts(self) -> int:
         return self._pool.engine.abandoned if self._pool is not None else 0

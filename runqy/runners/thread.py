@@ -19,10 +19,9 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from runqy.app import BoundHandler, Registry
+from runqy.app import BoundHandler, Registry, failure_response
 from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
 from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest, TaskResponse
@@ -75,13 +74,18 @@ class ThreadPool:
         Raises :class:`RunnerClosed` after :meth:`close`, and ``RuntimeError`` when the
         pool has no thread and the system refuses to start one.
         """
+        self.submit_many([(request, reply)])
+
+    def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        """Queue several tasks with one lock acquisition; each may go to a different thread."""
         # Under the lock, so that no task is queued behind the sentinel of close().
         with self._lock:
             if self._closed:
-                raise RunnerClosed(f"task {request.task_id} submitted after the runner was closed")
-            if len(self._threads) < self.max_threads:
-                self._maybe_grow()
-            self._work.put((request, reply))
+                raise RunnerClosed(f"{len(tasks)} task(s) submitted after the runner was closed")
+            for task in tasks:
+                if len(self._threads) < self.max_threads:
+                    self._maybe_grow()
+                self._work.put(task)
 
     def _maybe_grow(self) -> None:
         try:
@@ -114,11 +118,14 @@ class ThreadPool:
         run, get, idle = self.engine.run, self._work.get, self._idle.append
         while (item := get()) is not None:
             request, reply = item
+            answer = _Answer(idle, reply)
             try:
-                if not run(request, partial(_idle_then_reply, idle, reply)):
+                if not run(request, answer):
                     return  # abandoned: a fresh thread has taken this one's place
-            except Exception:  # a broken reply callback must not cost the pool a thread, nor hang close()
-                log.exception("task %s: error while answering it", request.task_id)
+            except Exception as exc:  # the task must be answered, and the pool must not lose a thread
+                log.exception("task %s: error while running or answering it", request.task_id)
+                if not answer.called:
+                    answer(failure_response(request, exc))
         self._work.put(None)  # wake the next thread: every thread stops on the same sentinel
         with self._lock:
             self._threads.discard(threading.current_thread())
@@ -149,11 +156,24 @@ def _guarded(continuation: Continuation) -> bool:
         return True
 
 
-def _idle_then_reply(idle: Callable[[None], None], reply: Reply, response: TaskResponse) -> None:
-    # Counted idle before replying: the reply often brings the next task at once (the
-    # Go worker keeps N in flight), and that task must find this thread, not start one.
-    idle(None)
-    reply(response)
+class _Answer:
+    """A task's reply as a pool thread passes it on: it counts the thread idle first.
+
+    The reply often brings the next task at once (the Go worker keeps N in flight),
+    and that task must find this thread rather than start another one.
+    """
+
+    __slots__ = ("called", "idle", "reply")
+
+    def __init__(self, idle: Callable[[None], None], reply: Reply) -> None:
+        self.idle = idle
+        self.reply = reply
+        self.called = False
+
+    def __call__(self, response: TaskResponse) -> None:
+        self.called = True
+        self.idle(None)
+        self.reply(response)
 
 
 class ThreadRunner(Runner):
@@ -193,6 +213,11 @@ class ThreadRunner(Runner):
         if self._pool is None:
             raise RunnerClosed(f"task {request.task_id} submitted to a runner that is not started")
         self._pool.submit(request, reply)
+
+    def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        if self._pool is None:
+            raise RunnerClosed(f"{len(tasks)} task(s) submitted to a runner that is not started")
+        self._pool.submit_many(tasks)
 
     @property
     def abandoned_attempts(self) -> int:
