@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final
 
-from runqy.app import BoundHandler
+from runqy.app import BoundHandler, failure_response
 from runqy.errors import TaskTimeout
 from runqy.protocol import TaskRequest, TaskResponse
 
@@ -116,6 +116,8 @@ class AttemptEngine:
         # Timed attempts in progress. Both the finishing thread and the watchdog claim an
         # attempt by popping it, an atomic dict operation, so exactly one of them wins.
         self._running: dict[_Attempt, None] = {}
+        # The common case, decided once: a plain function with no time limit runs as is.
+        self._untimed_sync = policy.task_timeout_s is None and not handler.is_async
         self._watchdog: _Watchdog | None = None
         if policy.task_timeout_s is not None and not handler.is_async:
             self._watchdog = _Watchdog(self, policy.task_timeout_s)
@@ -133,7 +135,11 @@ class AttemptEngine:
         """
         attempt = first_attempt
         while True:
-            response = self._attempt(request, attempt, reply)
+            try:
+                response = self._attempt(request, attempt, reply)
+            except Exception as exc:  # a failure of runqy's own (the event loop closed): still an answer
+                log.exception("task %s: attempt %d could not run", request.task_id, attempt)
+                response = failure_response(request, exc)
             if response is None:
                 return False
             if self._settle(request, reply, attempt, response):
@@ -152,11 +158,12 @@ class AttemptEngine:
 
     def _attempt(self, request: TaskRequest, number: int, reply: Reply) -> TaskResponse | None:
         """One attempt's response, or None when the watchdog gave up on it meanwhile."""
+        if self._untimed_sync:
+            return self.handler.execute(request, number)
         timeout_s = self.policy.task_timeout_s
         if self.handler.is_async:
             return self._attempt_async(request, number, timeout_s)
-        if timeout_s is None:
-            return self.handler.execute(request, number)
+        assert timeout_s is not None
         attempt = _Attempt(request, number, reply, time.monotonic() + timeout_s)
         self._running[attempt] = None
         response = self.handler.execute(request, number, attempt)

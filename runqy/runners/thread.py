@@ -19,9 +19,10 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Final
 
-from runqy.app import BoundHandler, Registry, failure_response
+from runqy.app import BoundHandler, Registry
 from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
 from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest, TaskResponse
@@ -116,16 +117,19 @@ class ThreadPool:
         if continuation is not None and not _guarded(continuation):
             return  # abandoned in turn, and replaced
         run, get, idle = self.engine.run, self._work.get, self._idle.append
+        threads, max_threads = self._threads, self.max_threads
         while (item := get()) is not None:
             request, reply = item
-            answer = _Answer(idle, reply)
+            if len(threads) < max_threads:
+                # While the pool may still grow, the thread counts itself idle before it
+                # replies: the reply often brings the next task at once (the Go worker
+                # keeps N in flight), and that task must find this thread, not start one.
+                reply = partial(_idle_then_reply, idle, reply)
             try:
-                if not run(request, answer):
+                if not run(request, reply):
                     return  # abandoned: a fresh thread has taken this one's place
-            except Exception as exc:  # the task must be answered, and the pool must not lose a thread
-                log.exception("task %s: error while running or answering it", request.task_id)
-                if not answer.called:
-                    answer(failure_response(request, exc))
+            except Exception:  # a broken reply callback must not cost the pool a thread, nor hang close()
+                log.exception("task %s: error while answering it", request.task_id)
         self._work.put(None)  # wake the next thread: every thread stops on the same sentinel
         with self._lock:
             self._threads.discard(threading.current_thread())
@@ -156,24 +160,9 @@ def _guarded(continuation: Continuation) -> bool:
         return True
 
 
-class _Answer:
-    """A task's reply as a pool thread passes it on: it counts the thread idle first.
-
-    The reply often brings the next task at once (the Go worker keeps N in flight),
-    and that task must find this thread rather than start another one.
-    """
-
-    __slots__ = ("called", "idle", "reply")
-
-    def __init__(self, idle: Callable[[None], None], reply: Reply) -> None:
-        self.idle = idle
-        self.reply = reply
-        self.called = False
-
-    def __call__(self, response: TaskResponse) -> None:
-        self.called = True
-        self.idle(None)
-        self.reply(response)
+def _idle_then_reply(idle: Callable[[None], None], reply: Reply, response: TaskResponse) -> None:
+    idle(None)
+    reply(response)
 
 
 class ThreadRunner(Runner):
