@@ -170,7 +170,12 @@ def _map(runner: Runner, payloads: Iterable[Any], return_exceptions: bool) -> li
                 break
             outstanding += 1
             responses.append(None)
-        runner.submit(TaskRequest(f"map-{index}", payload), partial(answer, index))
+        try:
+            runner.submit(TaskRequest(f"map-{index}", payload), partial(answer, index))
+        except BaseException:
+            with changed:  # never submitted: not waited for
+                outstanding -= 1
+            raise
     with changed:
         changed.wait_for(lambda: outstanding == 0)
     results: list[Any] = []
