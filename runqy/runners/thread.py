@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from runqy.settings import RunqySettings
 
-__all__ = ["ThreadPool", "ThreadRunner", "default_max_threads"]
+__all__ = ["PooledRunner", "ThreadPool", "ThreadRunner", "default_max_threads"]
 
 log = logging.getLogger("runqy")
 
@@ -165,28 +165,25 @@ def _idle_then_reply(idle: Callable[[None], None], reply: Reply, response: TaskR
     reply(response)
 
 
-class ThreadRunner(Runner):
-    """Runs up to ``max_threads`` tasks at once on one shared thread pool, with one shared ``@load`` context.
+class PooledRunner(Runner):
+    """A runner whose tasks run on one :class:`ThreadPool` in this process: the sequential and thread runners.
 
-    Handlers must be thread-safe. A timed-out attempt cannot be stopped: it is
-    abandoned (see :mod:`runqy.attempts`); use the process runner for hard timeouts.
+    One ``@load`` context, shared by every thread. A timed-out attempt cannot be
+    stopped: it is abandoned (see :mod:`runqy.attempts`).
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(
         hard_timeout=False, shares_load_context=True, cpu_parallel=False
     )
+    #: Names the pool's threads.
+    thread_name: ClassVar[str] = "runqy-thread"
 
-    def __init__(self, max_threads: int | None = None, policy: RetryPolicy | None = None) -> None:
+    def __init__(self, max_threads: int, policy: RetryPolicy | None = None) -> None:
         super().__init__()
-        self.max_threads = max_threads or default_max_threads()
+        self.max_threads = max_threads
         self.policy = policy or RetryPolicy()
         self._handler: BoundHandler | None = None
         self._pool: ThreadPool | None = None
-
-    @classmethod
-    def from_settings(cls, settings: RunqySettings) -> Self:
-        """``runner.max_threads`` if set, else ``python_workers``, else :func:`default_max_threads`."""
-        return cls(settings.runner.max_threads or settings.python_workers, settings.retry_policy())
 
     @property
     def capacity(self) -> int:
@@ -196,17 +193,18 @@ class ThreadRunner(Runner):
         if self._pool is not None:
             return
         self._handler = registry.bind()
-        self._pool = ThreadPool(self._handler, self.policy, self.max_threads)
+        self._pool = ThreadPool(self._handler, self.policy, self.max_threads, self.thread_name)
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
-        if self._pool is None:
-            raise RunnerClosed(f"task {request.task_id} submitted to a runner that is not started")
-        self._pool.submit(request, reply)
+        self._started().submit(request, reply)
 
     def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        self._started().submit_many(tasks)
+
+    def _started(self) -> ThreadPool:
         if self._pool is None:
-            raise RunnerClosed(f"{len(tasks)} task(s) submitted to a runner that is not started")
-        self._pool.submit_many(tasks)
+            raise RunnerClosed(f"{type(self).__name__} is not started, or already closed: tasks cannot run")
+        return self._pool
 
     @property
     def abandoned_attempts(self) -> int:
@@ -220,3 +218,19 @@ class ThreadRunner(Runner):
             log.warning("%d task(s) still running after %gs; leaving their threads behind", pool.threads, timeout_s)
         if self._handler is not None:
             self._handler.close()
+
+
+class ThreadRunner(PooledRunner):
+    """Runs up to ``max_threads`` tasks at once on one shared thread pool, with one shared ``@load`` context.
+
+    Handlers must be thread-safe. Use the process runner for hard timeouts, or for
+    Python code that holds the GIL.
+    """
+
+    def __init__(self, max_threads: int | None = None, policy: RetryPolicy | None = None) -> None:
+        super().__init__(max_threads or default_max_threads(), policy)
+
+    @classmethod
+    def from_settings(cls, settings: RunqySettings) -> Self:
+        """``runner.max_threads`` if set, else ``python_workers``, else :func:`default_max_threads`."""
+        return cls(settings.runner.max_threads or settings.python_workers, settings.retry_policy())
