@@ -146,3 +146,14 @@ def test_a_failing_reply_callback_costs_no_thread(caplog: pytest.LogCaptureFixtu
         runner.submit(TaskRequest("lost", {"op": "echo"}), broken)
         assert runner.run_task(TaskRequest("next", {"op": "echo", "n": 2})).result == {"op": "echo", "n": 2}
     assert "reply failed" in caplog.text
+
+
+def test_the_pool_runs_a_task_from_a_given_attempt_on() -> None:
+    # The seam a hybrid child uses: attempt N of a task whose earlier attempts ran elsewhere.
+    from runqy.runners.thread import ThreadPool
+
+    pool = ThreadPool(behaviours_registry().bind(), RetryPolicy(), max_threads=2)
+    replies = Replies()
+    pool.submit(TaskRequest("t", {"op": "context"}), replies.reply_for("t"), attempt=3)
+    assert replies.one("t").result["attempt"] == 3
+    assert pool.close(WAIT_S)

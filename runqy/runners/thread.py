@@ -60,7 +60,8 @@ class ThreadPool:
         self.max_threads = max_threads
         self.engine = AttemptEngine(handler, policy, on_abandon=self._replace)
         self._name = name
-        self._work: queue.SimpleQueue[tuple[TaskRequest, Reply] | None] = queue.SimpleQueue()
+        # (request, reply, number of its first attempt here); None stops the threads.
+        self._work: queue.SimpleQueue[tuple[TaskRequest, Reply, int] | None] = queue.SimpleQueue()
         # One token per thread that finished a task and went back to the queue; a
         # submit that takes one starts no thread. Bounded: once full, the pool stops growing.
         self._idle: collections.deque[None] = collections.deque(maxlen=max_threads)
@@ -69,24 +70,35 @@ class ThreadPool:
         self._threads: set[threading.Thread] = set()
         self._closed = False
 
-    def submit(self, request: TaskRequest, reply: Reply) -> None:
+    def submit(self, request: TaskRequest, reply: Reply, attempt: int = 1) -> None:
         """Queue a task; ``reply`` is called exactly once with its final response.
 
-        Raises :class:`RunnerClosed` after :meth:`close`, and ``RuntimeError`` when the
-        pool has no thread and the system refuses to start one.
+        ``attempt`` numbers its first attempt here (a hybrid child runs attempt N of a
+        task whose earlier attempts ran elsewhere). Raises :class:`RunnerClosed` after
+        :meth:`close`, and ``RuntimeError`` when the pool has no thread and the system
+        refuses to start one.
         """
-        self.submit_many([(request, reply)])
+        with self._lock:
+            self._queue(request, reply, attempt)
 
     def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         """Queue several tasks with one lock acquisition; each may go to a different thread."""
-        # Under the lock, so that no task is queued behind the sentinel of close().
         with self._lock:
             if self._closed:
                 raise RunnerClosed(f"{len(tasks)} task(s) submitted after the runner was closed")
-            for task in tasks:
-                if len(self._threads) < self.max_threads:
+            put, threads, max_threads = self._work.put, self._threads, self.max_threads
+            for request, reply in tasks:  # the serving loop's hot path: _queue() inlined
+                if len(threads) < max_threads:
                     self._maybe_grow()
-                self._work.put(task)
+                put((request, reply, 1))
+
+    def _queue(self, request: TaskRequest, reply: Reply, attempt: int) -> None:
+        # Called with the lock held, so that no task is queued behind the sentinel of close().
+        if self._closed:
+            raise RunnerClosed(f"task {request.task_id} submitted after the runner was closed")
+        if len(self._threads) < self.max_threads:
+            self._maybe_grow()
+        self._work.put((request, reply, attempt))
 
     def _maybe_grow(self) -> None:
         try:
@@ -119,14 +131,14 @@ class ThreadPool:
         run, get, idle = self.engine.run, self._work.get, self._idle.append
         threads, max_threads = self._threads, self.max_threads
         while (item := get()) is not None:
-            request, reply = item
+            request, reply, attempt = item
             if len(threads) < max_threads:
                 # While the pool may still grow, the thread counts itself idle before it
                 # replies: the reply often brings the next task at once (the Go worker
                 # keeps N in flight), and that task must find this thread, not start one.
                 reply = partial(_idle_then_reply, idle, reply)
             try:
-                if not run(request, reply):
+                if not run(request, reply, attempt):
                     return  # abandoned: a fresh thread has taken this one's place
             except Exception:  # a broken reply callback must not cost the pool a thread, nor hang close()
                 log.exception("task %s: error while answering it", request.task_id)
