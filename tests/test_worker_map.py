@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import behaviours_registry
+from conftest import WorkerFactory, behaviours_registry
 
 from runqy.errors import TaskFailed
 from runqy.settings import load_settings
@@ -65,3 +66,33 @@ def test_closing_the_worker_releases_the_runner_and_the_next_use_starts_again() 
 def test_empty_input_gives_an_empty_list() -> None:
     with Worker(load_settings(), behaviours_registry()) as worker:
         assert worker.map([]) == []
+
+
+def test_run_once_and_map_called_again_reuse_the_started_runner(
+    write_worker: Callable[[str], Path], start_worker: WorkerFactory
+) -> None:
+    script = write_worker(
+        """
+        import sys, uuid
+        from runqy import Worker, load, load_settings, task
+
+        @load
+        def setup():
+            return uuid.uuid4().hex
+
+        @task
+        def handle(payload, ctx):
+            return ctx
+
+        with Worker(load_settings(python_workers=2)) as worker:
+            worker.run_once()
+            worker.run_once()
+            print("map", worker.map([None])[0], file=sys.stderr, flush=True)
+        """
+    )
+    worker = start_worker(script)
+    first = worker.call(None, timeout_s=10)["result"]
+    second = worker.call(None, timeout_s=10)["result"]
+    assert worker.wait(10) == 0
+    assert first == second
+    assert f"map {first}" in worker.stderr_lines
