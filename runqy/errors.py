@@ -81,9 +81,10 @@ class LoadFailed(RunqyError):
 
 
 class TaskFailed(RunqyError):
-    """Raised by :meth:`runqy.Worker.map` when a task failed; ``response`` is its error response.
+    """Raised when a task run by :meth:`runqy.Worker.map` failed; ``response`` is its error response.
 
-    ``retryable`` tells whether the failure was retryable (``RetryableError``, timeout).
+    ``index`` is the payload's position in the input; ``retryable`` tells whether the
+    failure was retryable (``RetryableError``, a timeout, an exception in ``retry_exceptions``).
     """
 
     def __init__(self, index: int, response: TaskResponse) -> None:
