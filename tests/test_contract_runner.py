@@ -73,6 +73,16 @@ def test_timeout_names_the_limit_and_the_attempt(make_runner: MakeRunner) -> Non
     assert "attempt 1" in (response.error or "") and "task_timeout_s=0.3" in (response.error or "")
 
 
+def test_the_timeout_clock_starts_when_the_attempt_starts_not_when_queued(make_runner: MakeRunner) -> None:
+    runner = make_runner(RUNQY_TASK_TIMEOUT_S="0.5", RUNQY_MAX_RETRIES="0")
+    replies = Replies()
+    # Three rounds of 0.2 s: the last round waits 0.4 s in the queue, then runs well within the limit.
+    ids = [f"work-{n}" for n in range(3 * runner.capacity)]
+    for task_id in ids:
+        replies.submit(runner, task_id, {"op": "work", "seconds": 0.2})
+    assert [replies.one(t).error for t in ids] == [None] * len(ids)
+
+
 def test_retry_runs_while_the_timed_out_attempt_is_still_stuck(make_runner: MakeRunner) -> None:
     runner = make_runner(RUNQY_TASK_TIMEOUT_S="0.3", RUNQY_MAX_RETRIES="1", RUNQY_RETRY_BACKOFF_S="0")
     started = time.monotonic()
