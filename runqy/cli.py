@@ -44,10 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(command=_cmd_run)
 
     from runqy.bench_cli import add_bench_command
+    from runqy.config_cli import add_config_command
     from runqy.local_cli import add_local_command
 
     add_local_command(commands)
     add_bench_command(commands)
+    add_config_command(commands)
     return parser
 
 
@@ -120,11 +122,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import_target(args.target)
     if worker.served_in_this_process():
         return 0  # the module called run() itself while being imported, and that run is over
-    serve = worker.Worker(settings)
-    if args.once:
-        serve.run_once()
-    else:
-        serve.run()
+    with worker.Worker(settings) as serve:
+        if args.once:
+            serve.run_once()
+        else:
+            serve.run()
     return 0
 
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runqy.protocol import TaskResponse
 
 __all__ = [
     "ConfigError",
+    "ConfigWarning",
     "HandlerNotRegistered",
     "LoadFailed",
     "ProtocolError",
     "RetryableError",
     "RunnerBroken",
+    "RunnerClosed",
     "RunqyError",
+    "TaskFailed",
     "TaskTimeout",
     "WorkerCrashed",
 ]
@@ -30,7 +37,28 @@ class RetryableError(RunqyError):
 
 
 class ConfigError(RunqyError, ValueError):
-    """Raised when settings are invalid: names the field, the source and the fix."""
+    """Raised when settings are invalid: names the field, the source and the fix.
+
+    ``fields`` lists the dotted settings involved, so that the caller can name the
+    source each of them came from.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class ConfigWarning(UserWarning):
+    """Issued when a setting is valid but has no effect with the chosen runner, and how to fix that.
+
+    Turn these into errors with ``warnings.simplefilter("error", ConfigWarning)`` or
+    ``PYTHONWARNINGS=error::runqy.errors.ConfigWarning``. ``fields`` lists the
+    dotted settings involved.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class ProtocolError(RunqyError):
@@ -50,6 +78,20 @@ class HandlerNotRegistered(RunqyError):
 
 class LoadFailed(RunqyError):
     """Raised when the ``@load`` function of a worker raised; the cause is chained."""
+
+
+class TaskFailed(RunqyError):
+    """Raised when a task run by :meth:`runqy.Worker.map` failed; ``response`` is its error response.
+
+    ``index`` is the payload's position in the input; ``retryable`` tells whether the
+    failure was retryable (``RetryableError``, a timeout, an exception in ``retry_exceptions``).
+    """
+
+    def __init__(self, index: int, response: TaskResponse) -> None:
+        super().__init__(f"task {index} failed: {response.error}")
+        self.index = index
+        self.response = response
+        self.retryable = response.retry
 
 
 class TaskTimeout(RunqyError, TimeoutError):
@@ -73,6 +115,10 @@ class WorkerCrashed(RunqyError):
 
 class RunnerBroken(RunqyError, BrokenExecutor):
     """Raised when a runner can no longer run tasks (for example a crash loop); the process must restart."""
+
+
+class RunnerClosed(RunqyError, RuntimeError):
+    """Raised when a task is submitted to a runner that is not started, or already closed."""
 
 
 def _signal_name(exitcode: int | None) -> str | None:

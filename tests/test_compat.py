@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import WorkerFactory
 
 COMPAT_WORKER = """

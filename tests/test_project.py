@@ -14,7 +14,7 @@ def readme_commands() -> list[str]:
 
 
 def test_ci_runs_the_readme_test_command_verbatim() -> None:
-    install_and_demo, test_command = readme_commands()
+    _install_and_demo, test_command = readme_commands()
     assert "pytest" in test_command
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
 

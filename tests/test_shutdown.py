@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import WorkerFactory
+
 from runqy.local import make_request
 
 SLOW_WORKER = """
