@@ -80,6 +80,16 @@ class Pending:
         self.finished = False
         self._event: threading.Event | None = None
 
+    @property
+    def done(self) -> threading.Event:
+        """Set once the request is answered or known lost."""
+        if self._event is None:
+            # Only run()'s own requests have none, and run() exposes them finished: no race with _finish.
+            self._event = threading.Event()
+            if self.finished:
+                self._event.set()
+        return self._event
+
     def outcome(self) -> Outcome:
         return Outcome(self.request, self.response, self.sent_at, self.answered_at)
 
@@ -155,8 +165,9 @@ class LocalWorker:
             self._stdin.flush()
 
     def submit(self, request: dict[str, Any]) -> Pending:
-        """Send one request; :meth:`wait_for` waits for its answer."""
+        """Send one request; its ``done`` event (or :meth:`wait_for`) tells when it is answered."""
         pending = Pending(request)
+        pending._event = threading.Event()  # before sending: the answer may come before we return
         self._send([pending])
         return pending
 
@@ -263,6 +274,8 @@ class LocalWorker:
         with self._lock:
             for pending, response in answers:
                 pending.response, pending.answered_at, pending.finished = response, now, True
+                if pending._event is not None:
+                    pending._event.set()
                 if pending.sink is not None:
                     by_sink.setdefault(id(pending.sink), (pending.sink, []))[1].append(pending)
             self._lock.notify_all()
