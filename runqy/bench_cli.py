@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from runqy.bench import available_runners, compare, format_table, measure, recommend
 from runqy.errors import ConfigError
@@ -34,6 +37,9 @@ def add_bench_command(commands: Any) -> None:
         "--runners",
         help=f"comma-separated runners to compare (default: every available one of {', '.join(available_runners())})",
     )
+    bench.add_argument(
+        "--tasks", type=int, metavar="N", help="timed tasks per runner, cycling through the payloads (default 200)"
+    )
     bench.add_argument("--concurrency", type=int, default=16, help="requests in flight, the same for every runner")
     bench.add_argument("--timeline", type=Path, metavar="FILE.svg", help="also draw each run's schedule as SVG")
     bench.add_argument("--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S)
@@ -49,17 +55,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--concurrency {args.concurrency}: expected at least 1 request in flight")
     if args.input is not None:
         payloads = [item.get("payload") if _is_request(item) else item for item in read_jsonl(args.input)]
-        tasks = args.generate if args.generate is not None else len(payloads)
     else:
         payloads = [json.loads(args.payload.replace("{n}", "0"))]
-        tasks = args.generate if args.generate is not None else args.default_count
+    tasks = args.tasks if args.tasks is not None else args.generate if args.generate is not None else args.default_count
+    if tasks < 1:
+        raise ConfigError(f"--tasks {tasks}: expected at least 1 task to time")
     settings = [arg for arg in settings_arguments(args)]
     if "--runner" in settings or "--runner-cls" in settings:
         raise ConfigError("runqy bench chooses the runner itself: use --runners NAME,NAME instead of --runner")
     results = []
     for name in runners:
-        print(f"runqy bench: {name}: {tasks} tasks, {args.concurrency} in flight ...", file=sys.stderr, flush=True)
-        argv = [sys.executable, "-m", "runqy", "run", args.target, "--runner", name, "--log-level", "INFO", *settings]
+        sizing = _sized_to_window(name, args)
+        print(
+            f"runqy bench: {name}: {tasks} tasks, {args.concurrency} in flight {' '.join(sizing)}".rstrip(),
+            file=sys.stderr,
+            flush=True,
+        )
+        argv = [sys.executable, "-m", "runqy", "run", args.target, "--runner", name, "--log-level", "INFO"]
+        argv += [*settings, *sizing]
         results.append(
             measure(
                 name,
@@ -77,6 +90,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         write_svg(args.timeline, [(r.name, assign_slots(r.outcomes, r.capacity)) for r in results])
         print(f"timeline written to {args.timeline}", file=sys.stderr)
     return 0 if all(r.summary.count("lost") == 0 for r in results) else 1
+
+
+def _sized_to_window(runner: str, args: argparse.Namespace) -> list[str]:
+    """Give the pooled runners as many threads as tasks in flight, unless the user sized them.
+
+    Left at their defaults, a thread runner (cores + 4 threads) and a hybrid one
+    (processes x 4 threads) would differ in slots, and the comparison would measure
+    the pool sizes instead of the runners.
+    """
+    options = vars(args)
+    if runner == "thread" and options.get("setting:runner.max_threads") is None:
+        return ["--max-threads", str(args.concurrency)]
+    if runner == "hybrid" and options.get("setting:runner.threads_per_process") is None:
+        processes = options.get("setting:runner.num_processes") or psutil.cpu_count(logical=False) or 1
+        return ["--threads-per-process", str(max(1, math.ceil(args.concurrency / processes)))]
+    return []
 
 
 def _is_request(item: Any) -> bool:
