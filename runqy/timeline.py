@@ -74,7 +74,8 @@ def write_svg(path: Path, runs: Sequence[tuple[str, list[Bar]]]) -> None:
     for name, bars in runs:
         rows = min(_MAX_ROWS, 1 + max((bar.slot for bar in bars), default=0))
         parts.append(f'<text x="4" y="{y + 10}" font-weight="bold">{escape(name)}</text>')
-        parts.append(f'<text x="4" y="{y + 24}" fill="#555">{len(bars)} tasks, {rows} slot{"s" if rows != 1 else ""}</text>')
+        slots = f"{rows} slot{'s' if rows != 1 else ''}"
+        parts.append(f'<text x="4" y="{y + 24}" fill="#555">{len(bars)} tasks, {slots}</text>')
         for bar in bars:
             if bar.slot >= rows:
                 continue
