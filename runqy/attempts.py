@@ -48,9 +48,12 @@ class AttemptEngine:
         self._lock = threading.Lock()
         self.abandoned = 0
 
-    def run(self, request: TaskRequest) -> TaskResponse:
-        """Run attempts until one succeeds, fails for good, or the local retries are used up; blocks."""
-        attempt = 1
+    def run(self, request: TaskRequest, attempt: int = 1) -> TaskResponse:
+        """Run attempts until one succeeds, fails for good, or the local retries are used up; blocks.
+
+        ``attempt`` numbers the first attempt run here (a process runner's child runs
+        attempt N of a task whose earlier attempts ran elsewhere).
+        """
         while True:
             response = self._attempt(request, attempt)
             if not response.retry or attempt > self.policy.max_retries:
