@@ -33,6 +33,12 @@ def handle(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
         return os.getpid()
     if action == "exit":
         os._exit(int(payload.get("code", 1)))
+    if action == "signal":
+        os.kill(os.getpid(), int(payload.get("signal", 9)))
+    if action == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
     if action == "exit_first_attempt":
         if current_task().attempt == 1:
             os._exit(3)

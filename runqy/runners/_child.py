@@ -289,7 +289,8 @@ class _ThreadHost(_Host):
 
     def _run_one(self, seq: int, attempt: int, request: TaskRequest) -> None:
         response = self._engine.run(request, attempt)
-        self._sender.done(seq, attempt, response)
+        # The request to be recycled goes first: the parent then gives this child no new
+        # task from the moment it learns of this answer.
         if not self._retiring and self._engine.abandoned > self._max_abandoned:
             # Stuck threads cannot be stopped; only replacing this process frees them.
             self._retiring = True
@@ -298,6 +299,7 @@ class _ThreadHost(_Host):
                 f"(max_abandoned_threads={self._max_abandoned})"
             )
             self._sender.send((RETIRE, reason))
+        self._sender.done(seq, attempt, response)
 
 
 def _has_path(module: ModuleType, qualname: str) -> bool:
