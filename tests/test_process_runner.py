@@ -123,8 +123,13 @@ def test_load_failure_in_a_child_fails_start_with_the_childs_error() -> None:
 def test_a_crash_loop_reports_a_fatal_error_instead_of_spinning() -> None:
     fatal: list[BaseException] = []
     reported = threading.Event()
+
+    def on_fatal(exc: BaseException) -> None:
+        fatal.append(exc)
+        reported.set()
+
     with started(crash_limit=3, crash_window_s=60) as runner:
-        runner.on_fatal = lambda exc: (fatal.append(exc), reported.set())  # type: ignore[func-returns-value]
+        runner.on_fatal = on_fatal
         for _ in range(3):
             runner.run_task(request("exit"))
         assert reported.wait(10) and isinstance(fatal[0], RunnerBroken)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import faulthandler
 import importlib
 import importlib.util
@@ -60,7 +59,6 @@ RETIRE: Final = 3  # (RETIRE, reason): recycle me once my tasks are done
 #: any value is at least a third of its pickle), so it is refused here instead of being
 #: copied through the pipe and into the parent's memory first.
 _MAX_RESULT_PICKLE_BYTES: Final = 3 * MAX_LINE_BYTES
-_PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass(frozen=True)
@@ -169,13 +167,13 @@ def _isolate() -> None:
 
 
 def _die_with_parent() -> None:
-    """Exit, with every process of our group, when the parent dies, even in the middle of a task."""
-    if sys.platform.startswith("linux"):
-        # The kernel's signal also works while a task holds the GIL in C code. It fires
-        # when the parent thread that started us ends; the runner starts children from
-        # its supervisor thread, which lives as long as the runner.
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    """Exit, with every process of our group, when the parent dies, even in the middle of a task.
+
+    A thread waits on the parent's sentinel (a pipe the parent holds open). The kernel's
+    parent-death signal is not used: it would kill this process before the thread could
+    kill the group, and the task's subprocesses would live on. The cost: a child stuck
+    in C code that never releases the GIL outlives a parent killed with SIGKILL.
+    """
     parent = multiprocessing.parent_process()
     if parent is None:
         return

@@ -183,8 +183,7 @@ class PersistentProcessRunner(Runner):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._state = _State.STARTING
-        # Children are started by the supervisor thread only: the kernel's parent-death
-        # signal of a child fires when the thread that started it ends.
+        # Children are started by the supervisor thread only, so that one thread owns their lifecycle.
         self._supervisor = threading.Thread(target=self._supervise, name="runqy-supervisor", daemon=True)
         self._supervisor.start()
         atexit.register(self._kill_all)
