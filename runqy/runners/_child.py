@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from runqy.app import BoundHandler, Registry
 from runqy.attempts import AttemptEngine, RetryPolicy
+from runqy.errors import HandlerNotRegistered, LoadFailed
 from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse
 
 __all__ = ["CHILD_ENV_VAR", "ChildSpec", "HandlerRef", "child_main"]
@@ -115,6 +116,21 @@ class ChildSpec:
     #: Send the child's RSS with every answer, for the between-task memory check.
     report_rss: bool = False
     log_level: int = logging.INFO
+
+    @classmethod
+    def for_registry(cls, registry: Registry, **options: Any) -> ChildSpec:
+        """Record where children find the registry's functions; fails now for functions they could not find."""
+        if registry.handler is None:
+            raise HandlerNotRegistered("no task handler registered: decorate your handler function with @task")
+        handler = HandlerRef.of(registry.handler)
+        loader = None if registry.loader is None else HandlerRef.of(registry.loader)
+        for ref in (handler, loader):
+            if ref is not None and ("<locals>" in ref.qualname or (ref.module == "__main__" and ref.main_path is None)):
+                raise LoadFailed(
+                    f"{ref.module}.{ref.qualname} cannot be found by child processes: they import the worker "
+                    "module by name, so @task and @load functions must be defined at the top level of a file"
+                )
+        return cls(handler, loader, **options)
 
 
 def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> None:

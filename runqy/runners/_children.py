@@ -14,6 +14,7 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.context import BaseContext
 from typing import Any, Final
@@ -24,7 +25,7 @@ from runqy.protocol import TaskRequest
 from runqy.runners._child import CHILD_ENV_VAR, STOP, TASK, ChildSpec, child_main
 from runqy.runners.base import Reply
 
-__all__ = ["ChildProcess", "ChildState", "Job", "tree_rss_bytes"]
+__all__ = ["ChildProcess", "ChildState", "Job", "tree_rss_bytes", "watch_memory"]
 
 log = logging.getLogger("runqy")
 
@@ -86,6 +87,11 @@ class ChildProcess:
         #: When to SIGKILL the group if the child has not exited by then.
         self.kill_at: float | None = None
         self.started_at = time.monotonic()
+
+    @property
+    def accepts_work_soon(self) -> bool:
+        """Starting or ready: counts towards the runner's number of children."""
+        return self.state in (ChildState.STARTING, ChildState.READY)
 
     @property
     def sentinel(self) -> int:
@@ -157,3 +163,22 @@ def tree_rss_bytes(pid: int) -> int:
         with contextlib.suppress(psutil.Error):  # it exited while we looked
             total += process.memory_info().rss
     return total
+
+
+def watch_memory(
+    limit_bytes: int,
+    children: Callable[[], list[ChildProcess]],
+    on_over: Callable[[ChildProcess, int], None],
+    stop: threading.Event,
+    interval_s: float,
+) -> None:
+    """Measure each child with its descendants every ``interval_s`` until ``stop``; report those over the limit.
+
+    Runs in its own thread: reading every process's memory can take milliseconds,
+    which the supervisor thread must not spend while tasks wait for their answers.
+    """
+    while not stop.wait(interval_s):
+        for child in children():
+            rss = tree_rss_bytes(child.pid)
+            if rss > limit_bytes:
+                on_over(child, rss)

@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import atexit
 import collections
-import contextlib
 import enum
 import heapq
 import itertools
 import logging
+import math
 import multiprocessing
 import os
-import pickle
-import selectors
-import signal
 import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -47,10 +44,12 @@ import psutil
 
 from runqy.app import Registry
 from runqy.attempts import RetryPolicy
-from runqy.errors import HandlerNotRegistered, LoadFailed, RunnerBroken, TaskTimeout, WorkerCrashed
+from runqy.errors import LoadFailed, RunnerBroken, TaskTimeout, WorkerCrashed
 from runqy.protocol import TaskRequest, TaskResponse
-from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE, ChildSpec, HandlerRef
-from runqy.runners._children import KILL_GRACE_S, ChildProcess, ChildState, Job, tree_rss_bytes
+from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE, ChildSpec
+from runqy.runners._children import KILL_GRACE_S, ChildProcess, ChildState, Job, watch_memory
+from runqy.runners._crashes import CrashLedger
+from runqy.runners._supervisor import ChildSupervisor, Replies
 from runqy.runners.base import Capabilities, Reply, Runner
 
 if TYPE_CHECKING:
@@ -63,17 +62,8 @@ __all__ = ["PersistentProcessRunner", "default_num_processes"]
 log = logging.getLogger("runqy")
 
 _MIB: Final = 2**20
-#: The supervisor wakes at least this often to notice children whose exit it could not see.
-_TICK_S: Final = 1.0
 #: How often the memory monitor measures the children while they run.
 _MEMORY_CHECK_INTERVAL_S: Final = 0.2
-#: A task that brought down this many children is answered as poison (``retry: false``).
-POISON_CRASHES: Final = 2
-#: Crash counts are kept for this many recent task ids (the Go worker redelivers by id).
-_REMEMBERED_TASKS: Final = 4096
-
-# Replies collected under the lock and sent after releasing it.
-_Replies = list[tuple[Reply, TaskResponse]]
 
 
 class _State(enum.Enum):
@@ -113,31 +103,24 @@ class PersistentProcessRunner(Runner):
         super().__init__()
         self.policy = policy or RetryPolicy()
         self.num_processes = num_processes or default_num_processes()
+        self.start_method = start_method
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child_mb = max_memory_per_child_mb
         #: ``crash_limit`` unexpected child exits within ``crash_window_s`` break the runner.
-        self.crash_limit = crash_limit
-        self.crash_window_s = crash_window_s
+        self._crashes = CrashLedger(crash_limit, crash_window_s)
         # An explicit context: the start method of the user's own multiprocessing stays untouched.
         self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._state = _State.NEW
-        self._spec: ChildSpec | None = None
-        self._children: list[ChildProcess] = []
         self._pending: collections.deque[Job] = collections.deque()
         self._retries: list[tuple[float, int, Job]] = []
         self._seq = itertools.count(1)
-        self._crash_times: collections.deque[float] = collections.deque()
-        self._crashes_by_task: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._start_error: str | None = None
         self._broken: RunnerBroken | None = None
         self._fatal_to_report: RunnerBroken | None = None
-        self._wake_at = 0.0
-        self._wake_r = self._wake_w = -1
-        self._selector: selectors.BaseSelector | None = None
-        self._watched: set[ChildProcess] = set()
-        self._supervisor: threading.Thread | None = None
+        self._supervisor: ChildSupervisor | None = None
+        self._children: list[ChildProcess] = []
         self._monitor: threading.Thread | None = None
         self._closing = threading.Event()
 
@@ -178,15 +161,22 @@ class PersistentProcessRunner(Runner):
     def start(self, registry: Registry) -> None:
         if self._state is not _State.NEW:
             return
-        self._spec = self._make_spec(registry)
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        spec = ChildSpec.for_registry(
+            registry,
+            threads=self._child_threads(),
+            policy=self.policy,
+            report_rss=self.max_memory_per_child_mb is not None,
+            log_level=log.getEffectiveLevel(),
+        )
+        if self.start_method == "forkserver":
+            # Children fork from a server that already imported runqy and the worker module.
+            preload = ["runqy.runners._child"] + [ref.module for ref in (spec.handler,) if ref.module != "__main__"]
+            self._ctx.set_forkserver_preload(preload)
         self._state = _State.STARTING
-        # Children are started by the supervisor thread only, so that one thread owns their lifecycle.
-        self._supervisor = threading.Thread(target=self._supervise, name="runqy-supervisor", daemon=True)
+        self._supervisor = ChildSupervisor(self._ctx, spec, self._lock, self, lambda exc: self.on_fatal(exc))
+        self._children = self._supervisor.children
         self._supervisor.start()
-        atexit.register(self._kill_all)
+        atexit.register(self._supervisor.kill_all)
         with self._lock:
             self._changed.wait_for(lambda: self._start_error is not None or self._ready_count() >= self.num_processes)
             error = self._start_error
@@ -196,9 +186,12 @@ class PersistentProcessRunner(Runner):
             self.close(timeout_s=0)
             raise LoadFailed(error)
         if self.max_memory_per_child_mb is not None:
-            self._monitor = threading.Thread(target=self._watch_memory, name="runqy-memory", daemon=True)
+            args = (self.max_memory_per_child_mb * _MIB, self._memory_watched, self._over_memory, self._closing)
+            self._monitor = threading.Thread(
+                target=watch_memory, args=(*args, _MEMORY_CHECK_INTERVAL_S), name="runqy-memory", daemon=True
+            )
             self._monitor.start()
-        log.info("%d child process(es) ready: %s", len(self._children), ", ".join(str(c.pid) for c in self._children))
+        log.info("%d child process(es) ready: %s", len(self._children), " ".join(str(c.pid) for c in self._children))
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
         with self._lock:
@@ -218,16 +211,15 @@ class PersistentProcessRunner(Runner):
                 self._changed.wait_for(self._idle_locked, timeout_s)
             replies = self._close_locked()
         self._closing.set()
-        self._wake()
-        self._send_replies(replies)
-        if self._supervisor is not None:
-            self._supervisor.join(KILL_GRACE_S + 2.0)
+        for reply, response in replies:
+            reply(response)
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.join(KILL_GRACE_S + 2.0)
+            atexit.unregister(supervisor.kill_all)
+            supervisor.kill_all()  # whatever did not exit in time
         if self._monitor is not None:
             self._monitor.join()
-        atexit.unregister(self._kill_all)
-        self._kill_all()  # whatever did not exit in time
-        for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
 
     @property
     def child_pids(self) -> list[int]:
@@ -237,35 +229,17 @@ class PersistentProcessRunner(Runner):
 
     # --- start-up and shutdown ---------------------------------------------------------------
 
-    def _make_spec(self, registry: Registry) -> ChildSpec:
-        if registry.handler is None:
-            raise HandlerNotRegistered("no task handler registered: decorate your handler function with @task")
-        refs = [HandlerRef.of(registry.handler)]
-        if registry.loader is not None:
-            refs.append(HandlerRef.of(registry.loader))
-        for ref in refs:
-            if "<locals>" in ref.qualname or (ref.module == "__main__" and ref.main_path is None):
-                raise LoadFailed(
-                    f"{ref.module}.{ref.qualname} cannot be found by child processes: they import the worker "
-                    "module by name, so @task and @load functions must be defined at the top level of a file"
-                )
-        return ChildSpec(
-            handler=refs[0],
-            loader=refs[1] if len(refs) > 1 else None,
-            threads=self._child_threads(),
-            policy=self.policy,
-            report_rss=self.max_memory_per_child_mb is not None,
-            log_level=log.getEffectiveLevel(),
-        )
-
     def _ready_count(self) -> int:
         return sum(child.state is ChildState.READY for child in self._children)
 
     def _idle_locked(self) -> bool:
         return not self._pending and not self._retries and not any(c.inflight for c in self._children)
 
-    def _close_locked(self) -> _Replies:
+    def _close_locked(self) -> Replies:
         self._state = _State.CLOSED
+        assert self._supervisor is not None
+        self._supervisor.closing = True
+        self._supervisor.wake()
         jobs = [*self._pending, *(job for _, _, job in self._retries)]
         self._pending.clear()
         self._retries.clear()
@@ -275,117 +249,20 @@ class PersistentProcessRunner(Runner):
             child.inflight.clear()
             if child.state is not ChildState.DOOMED:
                 child.kill("runner closed") if busy else child.stop("runner closed")
-        replies: _Replies = []
+        replies: Replies = []
         for job in jobs:
             why = "the worker shut down before the task finished; retry it"
             self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies)
         return replies
 
-    def _kill_all(self) -> None:
-        """Last resort at interpreter exit or after close: no child may outlive the runner."""
-        for child in list(self._children):
-            child.signal_group(signal.SIGKILL)
+    # --- events from the supervisor thread (SupervisedEvents) --------------------------------
 
-    # --- the supervisor thread ---------------------------------------------------------------
+    def wanted_children_locked(self) -> int:
+        if self._state is _State.CLOSED or self._broken is not None or self._start_error is not None:
+            return 0
+        return self.num_processes
 
-    def _supervise(self) -> None:
-        selector = self._selector = selectors.DefaultSelector()
-        selector.register(self._wake_r, selectors.EVENT_READ, None)
-        try:
-            while True:
-                self._spawn_missing()
-                replies: _Replies = []
-                with self._lock:
-                    if self._state is _State.CLOSED and not self._children:
-                        return
-                    self._watch_new_children_locked(selector)
-                    timeout_s = self._next_timer_locked()
-                events = selector.select(timeout_s)
-                with self._lock:
-                    for key, _ in events:
-                        if key.data is None:
-                            self._drain_wake()
-                            continue
-                        child, is_sentinel = key.data
-                        if child in self._watched and (is_sentinel or not self._read_locked(child, replies)):
-                            self._on_exit_locked(child, replies)
-                    self._on_timers_locked(time.monotonic(), replies)
-                    self._dispatch_locked()
-                    fatal, self._fatal_to_report = self._fatal_to_report, None
-                self._send_replies(replies)
-                if fatal is not None:
-                    self.on_fatal(fatal)
-        finally:
-            selector.close()
-
-    def _spawn_missing(self) -> None:
-        with self._lock:
-            if self._state is _State.CLOSED or self._broken is not None or self._start_error is not None:
-                return
-            alive = sum(c.state in (ChildState.STARTING, ChildState.READY) for c in self._children)
-            missing = self.num_processes - alive
-        assert self._spec is not None
-        for _ in range(missing):
-            try:
-                child = ChildProcess(self._ctx, self._spec, "runqy-child")
-            except Exception as exc:  # noqa: BLE001 - fork failures, pickling, multiprocessing's own checks
-                with self._lock:
-                    self._note_failure_locked(f"cannot start a child process: {exc}")
-                return
-            with self._lock:
-                self._children.append(child)
-
-    def _watch_new_children_locked(self, selector: selectors.BaseSelector) -> None:
-        for child in self._children:
-            if child not in self._watched:
-                self._watched.add(child)
-                selector.register(child.conn.fileno(), selectors.EVENT_READ, (child, False))
-                selector.register(child.sentinel, selectors.EVENT_READ, (child, True))
-
-    def _next_timer_locked(self) -> float:
-        now = time.monotonic()
-        due = now + _TICK_S
-        for child in self._children:
-            if child.kill_at is not None:
-                due = min(due, child.kill_at)
-            for job in child.inflight.values():
-                if job.deadline is not None:
-                    due = min(due, job.deadline)
-        if self._retries:
-            due = min(due, self._retries[0][0])
-        self._wake_at = due
-        return max(0.0, due - now)
-
-    def _wake(self) -> None:
-        # BlockingIOError: the pipe is full, so a wake-up is pending anyway.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
-
-    def _drain_wake(self) -> None:
-        try:
-            while os.read(self._wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def _send_replies(self, replies: _Replies) -> None:
-        # Outside the lock: a reply callback may take its own locks or be slow.
-        for reply, response in replies:
-            reply(response)
-
-    # --- messages from children --------------------------------------------------------------
-
-    def _read_locked(self, child: ChildProcess, replies: _Replies) -> bool:
-        """Handle every message waiting on the child's pipe; False when the pipe is closed."""
-        try:
-            while True:
-                self._on_message_locked(child, pickle.loads(child.conn.recv_bytes()), replies)
-                if not child.conn.poll():
-                    return True
-        except (EOFError, OSError):
-            return False
-
-    def _on_message_locked(self, child: ChildProcess, message: Any, replies: _Replies) -> None:
+    def on_message_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
         tag = message[0]
         if tag == DONE:
             _, seq, attempt, task_id, result, error, retry, rss = message
@@ -395,7 +272,7 @@ class PersistentProcessRunner(Runner):
                 return
             child.tasks_done += 1
             if error is None:
-                self._crashes_by_task.pop(task_id, None)
+                self._crashes.forget(task_id)
             self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies)
             self._after_task_locked(child, rss)
         elif tag == READY:
@@ -412,13 +289,65 @@ class PersistentProcessRunner(Runner):
         elif tag == RETIRE:
             self._retire_locked(child, str(message[1]))
 
+    def on_exit_locked(self, child: ChildProcess, exitcode: int | None, replies: Replies) -> None:
+        jobs = list(child.inflight.values())
+        child.inflight.clear()
+        crash = WorkerCrashed(exitcode, f"pid {child.pid}")
+        if child.stop_reason is None:
+            if self._state is _State.STARTING and child.state is ChildState.STARTING:
+                self.on_spawn_failed_locked(f"{crash} before it was ready (its traceback is on stderr)")
+            else:
+                log.error("%s%s", crash, f" while running {len(jobs)} task(s)" if jobs else "")
+                self.on_spawn_failed_locked(str(crash))
+        for job in jobs:
+            self._crashed_locked(job, str(crash), replies)
+
+    def on_spawn_failed_locked(self, what: str) -> None:
+        """Count an unexpected child exit; too many in a short window break the runner."""
+        if self._state is _State.STARTING:
+            self._start_error = self._start_error or what
+            self._changed.notify_all()
+            return
+        if not self._crashes.child_died() or self._broken is not None:
+            return
+        self._broken = self._fatal_to_report = RunnerBroken(
+            f"{self._crashes.recent} child processes died within {self._crashes.window_s:g}s (the last: {what}); "
+            "stopping instead of restarting them in a loop"
+        )
+        for job in [*self._pending, *(job for _, _, job in self._retries)]:
+            self._finish_locked(job, TaskResponse.failure(job.request.task_id, str(self._broken), retry=True), [])
+        self._pending.clear()
+        self._retries.clear()
+
+    def next_due_locked(self) -> float:
+        due = self._retries[0][0] if self._retries else math.inf
+        for child in self._children:
+            for job in child.inflight.values():
+                if job.deadline is not None and job.deadline < due:
+                    due = job.deadline
+        return due
+
+    def on_tick_locked(self, now: float, replies: Replies) -> BaseException | None:
+        for child in list(self._children):
+            overdue = [job for job in child.inflight.values() if job.deadline is not None and now >= job.deadline]
+            if overdue:
+                self._timed_out_locked(child, overdue[0], replies)
+        while self._retries and self._retries[0][0] <= now:
+            self._pending.append(heapq.heappop(self._retries)[2])
+        self._dispatch_locked()
+        fatal, self._fatal_to_report = self._fatal_to_report, None
+        return fatal
+
+    # --- what happens to tasks ---------------------------------------------------------------
+
     def _after_task_locked(self, child: ChildProcess, rss: int) -> None:
         if child.state is ChildState.RETIRING:
             if not child.inflight:
                 child.stop(child.stop_reason or "recycled")
         elif self.max_tasks_per_child is not None and child.tasks_done >= self.max_tasks_per_child:
-            why = f"it ran {child.tasks_done} tasks (max_tasks_per_child={self.max_tasks_per_child})"
-            self._retire_locked(child, why)
+            self._retire_locked(
+                child, f"it ran {child.tasks_done} tasks (max_tasks_per_child={self.max_tasks_per_child})"
+            )
         elif self.max_memory_per_child_mb is not None and rss > self.max_memory_per_child_mb * _MIB:
             why = f"it uses {rss / _MIB:.0f} MiB after a task (max_memory_per_child_mb={self.max_memory_per_child_mb})"
             self._retire_locked(child, why)
@@ -434,77 +363,29 @@ class PersistentProcessRunner(Runner):
         else:
             child.stop(reason)
 
-    # --- exits, timeouts, retries ------------------------------------------------------------
-
-    def _on_exit_locked(self, child: ChildProcess, replies: _Replies) -> None:
-        self._read_locked(child, replies)  # answers it sent before dying still count
-        # Kill what is left of its group (its subprocesses) while the child is unreaped,
-        # so that its pid, which names the group, cannot have been reused yet.
-        child.signal_group(signal.SIGKILL)
-        code = child.exitcode(wait_s=1.0)
-        self._forget_locked(child)
-        jobs = list(child.inflight.values())
-        child.inflight.clear()
-        crash = WorkerCrashed(code, f"pid {child.pid}")
-        if child.stop_reason is None:
-            if self._state is _State.STARTING and child.state is ChildState.STARTING:
-                self._start_error = self._start_error or f"{crash} before it was ready (its traceback is on stderr)"
-                self._changed.notify_all()
-            else:
-                log.error("%s%s", crash, f" while running {len(jobs)} task(s)" if jobs else "")
-                self._note_failure_locked(str(crash))
-        for job in jobs:
-            self._crashed_locked(job, str(crash), replies)
-
-    def _forget_locked(self, child: ChildProcess) -> None:
-        self._children.remove(child)
-        if child in self._watched and self._selector is not None:
-            self._watched.discard(child)
-            self._selector.unregister(child.conn.fileno())
-            self._selector.unregister(child.sentinel)
-        child.release()
-
-    def _on_timers_locked(self, now: float, replies: _Replies) -> None:
-        for child in list(self._children):
-            if child.kill_at is not None and now >= child.kill_at:
-                child.kill_at = None
-                child.signal_group(signal.SIGKILL)
-            overdue = [job for job in child.inflight.values() if job.deadline is not None and now >= job.deadline]
-            if overdue:
-                self._timed_out_locked(child, overdue[0], replies)
-            elif now >= child.started_at + _TICK_S and child.process.exitcode is not None:
-                # Its exit went unseen (a forked grandchild may hold the pipe and sentinel open).
-                self._on_exit_locked(child, replies)
-        while self._retries and self._retries[0][0] <= now:
-            self._pending.append(heapq.heappop(self._retries)[2])
-
-    def _timed_out_locked(self, child: ChildProcess, job: Job, replies: _Replies) -> None:
+    def _timed_out_locked(self, child: ChildProcess, job: Job, replies: Replies) -> None:
         timeout = TaskTimeout(self.policy.task_timeout_s or 0.0, job.attempt)
-        log.warning(
-            "task %s: %s; killing child process %d and its process group", job.request.task_id, timeout, child.pid
-        )
+        task_id = job.request.task_id
+        log.warning("task %s: %s; killing child process %d and its process group", task_id, timeout, child.pid)
         del child.inflight[job.seq]
         others = list(child.inflight.values())
         child.inflight.clear()
-        child.kill(f"task {job.request.task_id} timed out")
-        self._retry_or_finish_locked(job, TaskResponse.failure(job.request.task_id, str(timeout), retry=True), replies)
+        child.kill(f"task {task_id} timed out")
+        self._retry_or_finish_locked(job, TaskResponse.failure(task_id, str(timeout), retry=True), replies)
         for other in others:
             why = f"worker process {child.pid} was killed because another task in it timed out"
             self._retry_or_finish_locked(other, TaskResponse.failure(other.request.task_id, why, retry=True), replies)
 
-    def _crashed_locked(self, job: Job, why: str, replies: _Replies) -> None:
+    def _crashed_locked(self, job: Job, why: str, replies: Replies) -> None:
         task_id = job.request.task_id
-        crashes = self._crashes_by_task.pop(task_id, 0) + 1
-        self._crashes_by_task[task_id] = crashes
-        while len(self._crashes_by_task) > _REMEMBERED_TASKS:
-            self._crashes_by_task.popitem(last=False)
-        if crashes >= POISON_CRASHES:
+        crashes = self._crashes.task_crashed(task_id)
+        if self._crashes.is_poison(task_id):
             poison = f"{why}; this task has now brought down {crashes} worker processes, so it is not retried"
             self._finish_locked(job, TaskResponse.failure(task_id, poison, retry=False), replies)
         else:
             self._retry_or_finish_locked(job, TaskResponse.failure(task_id, why, retry=True), replies)
 
-    def _retry_or_finish_locked(self, job: Job, response: TaskResponse, replies: _Replies) -> None:
+    def _retry_or_finish_locked(self, job: Job, response: TaskResponse, replies: Replies) -> None:
         if not response.retry or job.attempt > self.policy.max_retries or self._state is _State.CLOSED:
             self._finish_locked(job, response, replies)
             return
@@ -518,48 +399,25 @@ class PersistentProcessRunner(Runner):
         job.deadline = None
         if delay_s > 0:
             heapq.heappush(self._retries, (time.monotonic() + delay_s, next(self._seq), job))
+            self._wake_if_sooner(self._retries[0][0])
         else:
             self._pending.append(job)
 
-    def _finish_locked(self, job: Job, response: TaskResponse, replies: _Replies) -> None:
+    def _finish_locked(self, job: Job, response: TaskResponse, replies: Replies) -> None:
         if job.done:
             return
         job.done = True
         replies.append((job.reply, response))
         self._changed.notify_all()
 
-    def _note_failure_locked(self, what: str) -> None:
-        """Count an unexpected child exit; too many in a short window break the runner."""
-        if self._state is _State.STARTING:
-            self._start_error = self._start_error or what
-            self._changed.notify_all()
-            return
-        now = time.monotonic()
-        self._crash_times.append(now)
-        while self._crash_times and now - self._crash_times[0] > self.crash_window_s:
-            self._crash_times.popleft()
-        if len(self._crash_times) < self.crash_limit or self._broken is not None:
-            return
-        self._broken = self._fatal_to_report = RunnerBroken(
-            f"{len(self._crash_times)} child processes died within {self.crash_window_s:g}s (the last: {what}); "
-            "stopping instead of restarting them in a loop"
-        )
-        for job in [*self._pending, *(job for _, _, job in self._retries)]:
-            self._finish_locked(job, TaskResponse.failure(job.request.task_id, str(self._broken), retry=True), [])
-        self._pending.clear()
-        self._retries.clear()
-
-    # --- dispatch ----------------------------------------------------------------------------
-
     def _refusal_locked(self, request: TaskRequest) -> TaskResponse | None:
         if self._broken is not None:
             return TaskResponse.failure(request.task_id, str(self._broken), retry=True)
         if self._state is not _State.RUNNING:
             return TaskResponse.failure(request.task_id, f"the process runner is {self._state.value}", retry=True)
-        crashes = self._crashes_by_task.get(request.task_id, 0)
-        if crashes >= POISON_CRASHES:
-            why = f"this task already brought down {crashes} worker processes; it is not run again"
-            return TaskResponse.failure(request.task_id, why, retry=False)
+        if self._crashes.is_poison(request.task_id):
+            why = f"this task already brought down {self._crashes.of_task(request.task_id)} worker processes"
+            return TaskResponse.failure(request.task_id, f"{why}; it is not run again", retry=False)
         return None
 
     def _dispatch_locked(self) -> None:
@@ -577,47 +435,46 @@ class PersistentProcessRunner(Runner):
             job.deadline = self._attempt_deadline(time.monotonic())
             best.inflight[job.seq] = job
             if not best.send_task(job):
-                # Its pipe is closed: the child is dying. Its exit is handled by the supervisor.
+                # Its pipe is closed: the child is dying, and the supervisor will see its exit.
                 del best.inflight[job.seq]
                 best.state = ChildState.DOOMED
                 self._pending.appendleft(job)
-            elif job.deadline is not None and job.deadline < self._wake_at:
-                self._wake()
+            elif job.deadline is not None:
+                self._wake_if_sooner(job.deadline)
+
+    def _wake_if_sooner(self, due: float) -> None:
+        if self._supervisor is not None and due < self._supervisor.wake_at:
+            self._supervisor.wake()
 
     # --- memory ------------------------------------------------------------------------------
 
-    def _watch_memory(self) -> None:
-        assert self.max_memory_per_child_mb is not None
-        limit = self.max_memory_per_child_mb * _MIB
-        while not self._closing.wait(_MEMORY_CHECK_INTERVAL_S):
-            with self._lock:
-                children = [c for c in self._children if c.state in (ChildState.READY, ChildState.RETIRING)]
-            for child in children:
-                rss = tree_rss_bytes(child.pid)
-                if rss <= limit:
-                    continue
-                replies: _Replies = []
-                with self._lock:
-                    self._over_memory_locked(child, rss, replies)
-                self._send_replies(replies)
-                self._wake()
+    def _memory_watched(self) -> list[ChildProcess]:
+        with self._lock:
+            return [c for c in self._children if c.state in (ChildState.READY, ChildState.RETIRING)]
 
-    def _over_memory_locked(self, child: ChildProcess, rss: int, replies: _Replies) -> None:
-        if child.state not in (ChildState.READY, ChildState.RETIRING):
-            return
-        what = (
-            f"worker process {child.pid} used {rss / _MIB:.0f} MiB with its subprocesses "
-            f"(max_memory_per_child_mb={self.max_memory_per_child_mb})"
-        )
-        if not child.inflight:
-            self._retire_locked(child, what)
-            return
-        log.warning("%s while running: killing it before the kernel's OOM killer does", what)
-        jobs = list(child.inflight.values())
-        child.inflight.clear()
-        child.kill(what)
-        for job in jobs:
-            self._crashed_locked(job, f"task stopped: {what}", replies)
+    def _over_memory(self, child: ChildProcess, rss: int) -> None:
+        """Called by the memory monitor: recycle an idle child, kill a busy one (its tasks fail)."""
+        replies: Replies = []
+        with self._lock:
+            if child.state not in (ChildState.READY, ChildState.RETIRING):
+                return
+            what = (
+                f"worker process {child.pid} used {rss / _MIB:.0f} MiB with its subprocesses "
+                f"(max_memory_per_child_mb={self.max_memory_per_child_mb})"
+            )
+            if not child.inflight:
+                self._retire_locked(child, what)
+            else:
+                log.warning("%s while running: killing it before the kernel's OOM killer does", what)
+                jobs = list(child.inflight.values())
+                child.inflight.clear()
+                child.kill(what)
+                for job in jobs:
+                    self._crashed_locked(job, f"task stopped: {what}", replies)
+        for reply, response in replies:
+            reply(response)
+        if self._supervisor is not None:
+            self._supervisor.wake()
 
 
 def _last_line(text: str | None) -> str:
