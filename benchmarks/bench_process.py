@@ -11,14 +11,18 @@ replacement time, idle RSS) use the runner directly.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
+from runqy.app import default_registry
 from runqy.attempts import RetryPolicy
 from runqy.local import LocalWorker, make_request
 from runqy.protocol import TaskRequest, TaskResponse
@@ -46,51 +50,52 @@ def bench_cpu() -> None:
     payloads: list[dict[str, object]] = [{"do": "spin", "ms": 20}] * 40
     sequential = timed_run(["--runner", "sequential"], payloads, 2)
     process = timed_run(["--runner", "process", "--num-processes", "2"], payloads, 2)
-    print(f"cpu: 40 x 20 ms spin, 2 in flight: sequential {sequential:.3f}s, 2 processes {process:.3f}s "
-          f"-> {sequential / process:.2f}x (acceptance >= 1.6x, target 1.8x)")
+    print(
+        f"cpu: 40 x 20 ms spin, 2 in flight: sequential {sequential:.3f}s, 2 processes {process:.3f}s "
+        f"-> {sequential / process:.2f}x (acceptance >= 1.6x, target 1.8x)"
+    )
 
 
 def bench_hybrid() -> None:
     payloads: list[dict[str, object]] = [{"do": "sleep", "ms": 20}] * 160
     sequential = timed_run(["--runner", "sequential"], payloads, 16)
     hybrid = timed_run(["--runner", "hybrid", "--num-processes", "2", "--threads-per-process", "8"], payloads, 16)
-    print(f"io: 160 x 20 ms sleep, 16 in flight: sequential {sequential:.3f}s, hybrid 2x8 {hybrid:.3f}s "
-          f"-> {sequential / hybrid:.1f}x (acceptance >= 12x)")
+    print(
+        f"io: 160 x 20 ms sleep, 16 in flight: sequential {sequential:.3f}s, hybrid 2x8 {hybrid:.3f}s "
+        f"-> {sequential / hybrid:.1f}x (acceptance >= 12x)"
+    )
 
 
 def bench_noop_overhead(count: int = 3000) -> None:
-    for name, options in (("sequential", ["--runner", "sequential"]), ("process x1", ["--runner", "process", "--num-processes", "1"])):
+    for name, options in (
+        ("sequential", ["--runner", "sequential"]),
+        ("process x1", ["--runner", "process", "--num-processes", "1"]),
+    ):
         elapsed = timed_run(options, [{"do": "noop"}] * count, 1)
         print(f"no-op end to end, 1 in flight, {name}: {elapsed / count * 1e6:.0f} us per task")
-    registry = import_target(WORKER).__dict__  # registers the handler in the default registry
-    del registry
-    from runqy.app import default_registry
-
-    runner = PersistentProcessRunner(num_processes=1)
-    runner.start(default_registry)
-    try:
+    with started_runner("spawn") as runner:
         request = TaskRequest("t", {"do": "noop"})
         for _ in range(200):
             runner.run_task(request)
-        started = time.perf_counter()
+        began = time.perf_counter()
         for _ in range(count):
             runner.run_task(request)
-        per_task = (time.perf_counter() - started) / count
-        print(f"no-op runner round trip (submit -> child -> reply), process x1: {per_task * 1e6:.0f} us per task")
-        rss = [psutil.Process(pid).memory_full_info() for pid in runner.child_pids]
-        print(f"idle child: RSS {rss[0].rss / 2**20:.1f} MiB, USS {rss[0].uss / 2**20:.1f} MiB "
-              f"(target RSS <= 25 MiB; the child imports runqy and this worker only)")
-    finally:
-        runner.close()
+        per_task = (time.perf_counter() - began) / count
+    print(f"no-op runner round trip (submit -> child -> reply), process x1: {per_task * 1e6:.0f} us per task")
 
 
-def bench_replacement(rounds: int = 7) -> None:
-    from runqy.app import default_registry
+def bench_idle_rss(start_method: str) -> None:
+    with started_runner(start_method) as runner:
+        memory = psutil.Process(runner.child_pids[0]).memory_full_info()
+    print(
+        f"idle child ({start_method}): RSS {memory.rss / 2**20:.1f} MiB, USS {memory.uss / 2**20:.1f} MiB "
+        "(target RSS <= 25 MiB; the child imports runqy and this worker only)"
+    )
 
-    runner = PersistentProcessRunner(RetryPolicy(task_timeout_s=0.2), num_processes=1)
-    runner.start(default_registry)
+
+def bench_replacement(start_method: str, rounds: int = 7) -> None:
     gaps: list[float] = []
-    try:
+    with started_runner(start_method, RetryPolicy(task_timeout_s=0.2)) as runner:
         for i in range(rounds):
             killed = threading.Event()
             at: list[float] = []
@@ -103,19 +108,36 @@ def bench_replacement(rounds: int = 7) -> None:
             killed.wait()
             runner.run_task(TaskRequest(f"after-{i}", {"do": "noop"}))
             gaps.append(time.perf_counter() - at[0])
+    print(
+        f"timed-out child killed -> replacement answered a task ({start_method}): "
+        f"median {statistics.median(gaps) * 1000:.0f} ms, min {min(gaps) * 1000:.0f} ms, "
+        f"max {max(gaps) * 1000:.0f} ms over {rounds} (target <= 100 ms)"
+    )
+
+
+@contextlib.contextmanager
+def started_runner(start_method: str, policy: RetryPolicy | None = None) -> Iterator[PersistentProcessRunner]:
+    import_target(WORKER)  # registers the handler in the default registry, as `runqy run` does
+    runner = PersistentProcessRunner(policy, num_processes=1, start_method=start_method)
+    runner.start(default_registry)
+    try:
+        yield runner
     finally:
         runner.close()
-    print(f"timed-out child killed -> replacement answered a task: median {statistics.median(gaps) * 1000:.0f} ms, "
-          f"min {min(gaps) * 1000:.0f} ms, max {max(gaps) * 1000:.0f} ms over {rounds} (target <= 100 ms)")
 
 
 def main() -> None:
-    print(f"python {sys.version.split()[0]}, {psutil.cpu_count(logical=False)} physical / {psutil.cpu_count()} logical cores, "
-          f"load average {psutil.getloadavg()[0]:.2f}")
+    logging.getLogger("runqy").setLevel(logging.ERROR)  # the timeouts below are on purpose
+    print(
+        f"python {sys.version.split()[0]}, {psutil.cpu_count(logical=False)} physical / "
+        f"{psutil.cpu_count()} logical cores, load average {psutil.getloadavg()[0]:.2f}"
+    )
     bench_cpu()
     bench_hybrid()
     bench_noop_overhead()
-    bench_replacement()
+    for start_method in ("spawn", "forkserver"):
+        bench_idle_rss(start_method)
+        bench_replacement(start_method)
 
 
 if __name__ == "__main__":

@@ -51,14 +51,22 @@ def worker_script(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
+@pytest.fixture(params=["spawn", "forkserver"])
+def any_start_method_script(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    path = tmp_path / "worker.py"
+    options = {"num_processes": 2, "start_method": request.param}
+    path.write_text(SCRIPT.format(runner="process", timeout=0.5, options=options))
+    yield path
+
+
 def start(script: Path) -> LocalWorker:
     worker = LocalWorker([sys.executable, str(script)], env=_env(), cwd=str(script.parent))
     worker.wait_ready(DEADLINE_S * 3)
     return worker
 
 
-def test_a_crashing_task_fails_alone_and_the_worker_keeps_serving(worker_script: Path) -> None:
-    with start(worker_script) as worker:
+def test_a_crashing_task_fails_alone_and_the_worker_keeps_serving(any_start_method_script: Path) -> None:
+    with start(any_start_method_script) as worker:
         requests = [make_request({"do": "echo", "value": i}) for i in range(8)]
         requests[3] = make_request({"do": "exit", "code": 1})
         outcomes = {o.request["task_id"]: o for o in worker.run(requests, concurrency=4)}
@@ -71,10 +79,10 @@ def test_a_crashing_task_fails_alone_and_the_worker_keeps_serving(worker_script:
 
 
 def test_a_hung_task_with_a_grandchild_is_answered_within_2s_and_the_grandchild_dies(
-    worker_script: Path, tmp_path: Path
+    any_start_method_script: Path, tmp_path: Path
 ) -> None:
     mark = tmp_path / "grandchild.pid"
-    with start(worker_script) as worker:
+    with start(any_start_method_script) as worker:
         started_at = time.monotonic()
         pending = worker.submit(make_request({"do": "hang_with_grandchild", "mark": str(mark)}))
         grandchild = int(wait_for_file(mark))

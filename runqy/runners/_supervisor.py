@@ -81,6 +81,7 @@ class ChildSupervisor:
         self.closing = False
         #: When the loop will wake up by itself; an earlier deadline must call :meth:`wake`.
         self.wake_at = 0.0
+        self._next_liveness_check = time.monotonic() + _TICK_S
         self._selector = selectors.DefaultSelector()
         self._watched: set[ChildProcess] = set()
         self._wake_r, self._wake_w = os.pipe()
@@ -178,17 +179,17 @@ class ChildSupervisor:
                 pass
 
     def _read_locked(self, child: ChildProcess, replies: Replies) -> bool:
-        """Handle every message waiting on the child's pipe; False when the pipe is closed."""
+        """Handle one message from the child's pipe (select reports the next); False when the pipe is closed."""
         try:
-            while True:
-                self._events.on_message_locked(child, pickle.loads(child.conn.recv_bytes()), replies)
-                if not child.conn.poll():
-                    return True
+            message = pickle.loads(child.conn.recv_bytes())
         except (EOFError, OSError):
             return False
+        self._events.on_message_locked(child, message, replies)
+        return True
 
     def _exited_locked(self, child: ChildProcess, replies: Replies) -> None:
-        self._read_locked(child, replies)  # answers it sent before dying still count
+        while child.conn.poll() and self._read_locked(child, replies):
+            pass  # answers it sent before dying still count
         # Kill what is left of its group (its subprocesses) while the child is unreaped,
         # so that its pid, which names the group, cannot have been reused yet.
         child.signal_group(signal.SIGKILL)
@@ -202,11 +203,14 @@ class ChildSupervisor:
         child.release()
 
     def _escalate_locked(self, now: float, replies: Replies) -> None:
+        check_liveness = now >= self._next_liveness_check
+        if check_liveness:
+            self._next_liveness_check = now + _TICK_S
         for child in list(self.children):
             if child.kill_at is not None and now >= child.kill_at:
                 child.kill_at = None
                 child.signal_group(signal.SIGKILL)
-            elif now >= child.started_at + _TICK_S and child.process.exitcode is not None:
+            elif check_liveness and child.process.exitcode is not None:
                 # Its exit went unseen (a forked grandchild may hold the pipe and sentinel open).
                 self._exited_locked(child, replies)
 
