@@ -17,15 +17,18 @@ Switching from runqy-python is an import change::
 """
 
 from runqy.app import Registry, load, task
+from runqy.builder import RunqyBuilder
 from runqy.context import TaskInfo, current_task
-from runqy.errors import ConfigError, RetryableError, RunqyError, TaskTimeout, WorkerCrashed
+from runqy.errors import ConfigError, ConfigWarning, RetryableError, RunqyError, TaskTimeout, WorkerCrashed
 from runqy.settings import RunqySettings, load_settings
 from runqy.worker import Worker, run, run_once
 
 __all__ = [
     "ConfigError",
+    "ConfigWarning",
     "Registry",
     "RetryableError",
+    "RunqyBuilder",
     "RunqyError",
     "RunqySettings",
     "TaskInfo",

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 from runqy.aio import EventLoopThread
 from runqy.context import _current
 from runqy.errors import HandlerNotRegistered, LoadFailed, RetryableError
-from runqy.protocol import TaskRequest, TaskResponse
+from runqy.protocol import TaskRequest, TaskResponse, new_response
 
 __all__ = ["BoundHandler", "Registry", "default_registry", "load", "task"]
 
@@ -86,7 +86,7 @@ class BoundHandler:
             return failure_response(request, exc)
         finally:
             _current.reset(token)
-        return TaskResponse(request.task_id, result)
+        return new_response((request.task_id, result, None, False))
 
     async def execute_async(
         self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None

@@ -43,9 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_options(run)
     run.set_defaults(command=_cmd_run)
 
+    from runqy.config_cli import add_config_command
     from runqy.local_cli import add_local_command
 
     add_local_command(commands)
+    add_config_command(commands)
     return parser
 
 

@@ -6,6 +6,7 @@ from concurrent.futures import BrokenExecutor
 
 __all__ = [
     "ConfigError",
+    "ConfigWarning",
     "HandlerNotRegistered",
     "LoadFailed",
     "ProtocolError",
@@ -30,7 +31,28 @@ class RetryableError(RunqyError):
 
 
 class ConfigError(RunqyError, ValueError):
-    """Raised when settings are invalid: names the field, the source and the fix."""
+    """Raised when settings are invalid: names the field, the source and the fix.
+
+    ``fields`` lists the dotted settings involved, so that the caller can name the
+    source each of them came from.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class ConfigWarning(UserWarning):
+    """Issued when a setting is valid but has no effect with the chosen runner, and how to fix that.
+
+    Turn these into errors with ``warnings.simplefilter("error", ConfigWarning)`` or
+    ``PYTHONWARNINGS=error::runqy.errors.ConfigWarning``. ``fields`` lists the
+    dotted settings involved.
+    """
+
+    def __init__(self, message: str, *, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class ProtocolError(RunqyError):

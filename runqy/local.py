@@ -151,6 +151,8 @@ class LocalWorker:
         self.garbage_lines: list[bytes] = []
         self.unmatched_responses: list[dict[str, Any]] = []
         self.stderr_lines: list[str] = []
+        self._stderr_changed = threading.Condition()
+        self._stderr_closed = False
         self._on_stderr_line = on_stderr_line
         self._stdout_reader = threading.Thread(target=self._read_stdout, args=(self.process.stdout,), daemon=True)
         self._stderr_reader = threading.Thread(target=self._read_stderr, args=(self.process.stderr,), daemon=True)
@@ -309,9 +311,28 @@ class LocalWorker:
     def _read_stderr(self, stream: Any) -> None:
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.stderr_lines.append(line)
+            with self._stderr_changed:
+                self.stderr_lines.append(line)
+                self._stderr_changed.notify_all()
             if self._on_stderr_line is not None:
                 self._on_stderr_line(line)
+        with self._stderr_changed:
+            self._stderr_closed = True
+            self._stderr_changed.notify_all()
+
+    def wait_for_stderr(self, text: str, timeout_s: float = DEFAULT_STARTUP_TIMEOUT_S) -> str:
+        """Wait for a stderr line containing ``text`` (a handler saying it started, say); returns it."""
+
+        def found() -> str | None:
+            return next((line for line in self.stderr_lines if text in line), None)
+
+        with self._stderr_changed:
+            if not self._stderr_changed.wait_for(lambda: found() is not None or self._stderr_closed, timeout_s):
+                raise TimeoutError(f"no stderr line with {text!r} within {timeout_s:g}s")
+            line = found()
+        if line is None:
+            raise TimeoutError(f"the worker closed stderr without a line containing {text!r}")
+        return line
 
 
 def forward_stderr(sink: TextIO = sys.stderr) -> Callable[[str], None]:

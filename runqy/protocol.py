@@ -73,6 +73,7 @@ def _make_encoder() -> Callable[[Any], str]:
 
 
 _encode: Final = _make_encoder()
+_quote: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
 
 READY_LINE: Final = b'{"status":"ready"}\n'
 
@@ -113,6 +114,11 @@ _OPTIONAL_FIELDS: Final = (
 _EXPECTED_TYPES: Final = tuple(expected_type for _, expected_type, _ in _OPTIONAL_FIELDS)
 
 
+# Build the named tuples above from one tuple in C, without the Python-level __new__ (hot path).
+_new_request: Final = TaskRequest._make
+new_response: Final = TaskResponse._make
+
+
 def parse_request(line: bytes) -> TaskRequest:
     """Parse one request line; raises :class:`ProtocolError` saying what was wrong.
 
@@ -141,7 +147,7 @@ def parse_request(line: bytes) -> TaskRequest:
             if type(value) is not expected_type:
                 why = f"invalid request: {name} must be {expected}, got a JSON {_json_kind(value)}"
                 raise ProtocolError(why, task_id)
-    return TaskRequest(task_id, data.get("payload"), task_type, queue, retry_count, max_retry)
+    return _new_request((task_id, data.get("payload"), task_type, queue, retry_count, max_retry))
 
 
 def _bad(line: bytes, message: str) -> ProtocolError:
@@ -161,30 +167,41 @@ def encode_response(response: TaskResponse) -> bytes:
     line too long for the Go worker becomes an error response that says so.
     """
     task_id, result, error, retry = response
-    if error is not None and len(error) > MAX_ERROR_CHARS:
-        error = _clip(error)
     try:
-        line = _encode({"task_id": task_id, "result": result, "error": error, "retry": retry is True})
+        result_json = _encode(result)
     except (TypeError, ValueError, RecursionError) as exc:
         reason = "nested too deeply or circular" if isinstance(exc, RecursionError) else str(exc)
         why = f"result is not JSON: {reason}; return dicts, lists, strings, finite numbers, booleans or None"
         if error:
             why += f" (the handler's own error was: {error})"
-        return _encode_failure(task_id, _clip(why))
+        return _line(task_id, "null", why, False)
+    line = _line(task_id, result_json, error, retry)
     if len(line) < MAX_LINE_BYTES:
-        return (line + "\n").encode()
-    return _encode_failure(
+        return line
+    return _line(
         task_id,
+        "null",
         f"result is {len(line) / 2**20:.1f} MiB as JSON; a response line must stay under "
         f"{MAX_LINE_BYTES // 2**20} MiB (the Go worker's limit): store large outputs elsewhere and return a reference",
+        False,
     )
 
 
-def _encode_failure(task_id: str, error: str) -> bytes:
-    return (_encode({"task_id": task_id, "result": None, "error": error, "retry": False}) + "\n").encode()
+def _line(task_id: str, result_json: str, error: str | None, retry: bool) -> bytes:
+    # Assembled by hand around the encoded result: a dict per response cost more than the rest.
+    error_json = "null" if error is None else _encode_string(_clip(error))
+    retry_json = "true" if retry is True else "false"
+    task_id_json = _encode_string(task_id)
+    return f'{{"task_id":{task_id_json},"result":{result_json},"error":{error_json},"retry":{retry_json}}}\n'.encode()
+
+
+def _encode_string(text: str) -> str:
+    return _quote(text if type(text) is str else str(text))
 
 
 def _clip(text: str) -> str:
+    if type(text) is not str:
+        text = str(text)
     if len(text) <= MAX_ERROR_CHARS:
         return text
     half = MAX_ERROR_CHARS // 2

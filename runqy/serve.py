@@ -22,7 +22,7 @@ from typing import Final
 
 from runqy.errors import ProtocolError
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
-from runqy.runners.base import Runner
+from runqy.runners.base import Reply, Runner
 
 __all__ = ["InFlight", "Server", "StopReason"]
 
@@ -46,68 +46,76 @@ class StopReason(enum.Enum):
 class _Ticket:
     """One accepted request; calling it with the response answers the request."""
 
-    __slots__ = ("answered", "inflight", "request")
+    __slots__ = ("inflight", "request")
 
     def __init__(self, inflight: InFlight, request: TaskRequest) -> None:
         self.inflight = inflight
         self.request = request
-        self.answered = False
 
     def __call__(self, response: TaskResponse) -> None:
         self.inflight.answer(self, response)
 
 
 class InFlight:
-    """Every accepted task until it is answered: the single place that guarantees exactly one answer."""
+    """Every accepted task until it is answered: the single place that guarantees exactly one answer.
+
+    Answering claims a ticket by removing it from ``_open`` with ``dict.pop``, which is
+    atomic, so the hot path takes no lock: a lock shared by the reader and the handler
+    threads made them queue behind each other on every task.
+    """
 
     def __init__(self, channel: ProtocolChannel, limit: int) -> None:
         self._channel = channel
         self._limit = limit
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._open: set[_Ticket] = set()
+        self._open: dict[_Ticket, bool] = {}
         self._closed = False
+        # Only for the rare waits: the reader when too many are open, shutdown until idle.
+        self._changed = threading.Condition()
+        self._reader_waiting = False
 
     def admit(self, request: TaskRequest) -> _Ticket | None:
         """Accept a request, waiting while too many are open; None once shutdown began."""
-        with self._lock:
-            if len(self._open) >= self._limit:
-                self._changed.wait_for(lambda: len(self._open) < self._limit or self._closed)
-            if self._closed:
-                return None
-            ticket = _Ticket(self, request)
-            self._open.add(ticket)
-            return ticket
+        if len(self._open) >= self._limit:
+            self._wait_for_room()
+        ticket = _Ticket(self, request)
+        self._open[ticket] = True
+        if self._closed and self._open.pop(ticket, None) is not None:
+            return None  # shutdown began meanwhile: the caller refuses the request
+        return ticket
+
+    def _wait_for_room(self) -> None:
+        with self._changed:
+            self._reader_waiting = True
+            # The timeout covers a notification that raced with setting the flag.
+            while len(self._open) >= self._limit and not self._closed:
+                self._changed.wait(0.05)
+            self._reader_waiting = False
 
     def answer(self, ticket: _Ticket, response: TaskResponse) -> None:
         """Send the response for a ticket, unless it was already answered (a late reply after a give-up)."""
         line = encode_response(response)
-        with self._lock:
-            if ticket.answered:
-                log.debug("dropping a late response for task %s", ticket.request.task_id)
-                return
-            ticket.answered = True
-            self._open.discard(ticket)
-            self._channel.send(line)
-            # Wakes the reader waiting for room and the shutdown waiting for idle; rare, so cheap.
-            if len(self._open) in (0, self._limit - 1):
+        if self._open.pop(ticket, None) is None:
+            log.debug("dropping a late response for task %s", ticket.request.task_id)
+            return
+        self._channel.send(line)
+        if not self._open or self._reader_waiting:
+            with self._changed:
                 self._changed.notify_all()
 
     def close(self) -> None:
         """Stop admitting new requests."""
-        with self._lock:
-            self._closed = True
+        self._closed = True
+        with self._changed:
             self._changed.notify_all()
 
     def wait_idle(self, timeout_s: float | None) -> bool:
         """Wait until every admitted task is answered; False on timeout."""
-        with self._lock:
+        with self._changed:
             return self._changed.wait_for(lambda: not self._open, timeout_s)
 
     def give_up(self, why: str) -> int:
         """Answer every open task with a retryable error; returns how many there were."""
-        with self._lock:
-            tickets = list(self._open)
+        tickets = list(self._open)
         for ticket in tickets:
             self.answer(ticket, TaskResponse.failure(ticket.request.task_id, why, retry=True))
         return len(tickets)
@@ -133,7 +141,7 @@ class Server:
         self.runner.on_fatal = self._on_fatal
         restore = self._install_signal_handlers()
         try:
-            reader = threading.Thread(target=self._read, args=(stdin_fd,), name="runqy-reader", daemon=True)
+            reader = threading.Thread(target=self._read_or_fail, args=(stdin_fd,), name="runqy-reader", daemon=True)
             reader.start()
             self._stop.wait()
             return self._shut_down()
@@ -147,6 +155,13 @@ class Server:
 
     # --- reading -----------------------------------------------------------------------------
 
+    def _read_or_fail(self, fd: int) -> None:
+        try:
+            self._read(fd)
+        except BaseException as exc:
+            log.critical("the stdin reader failed", exc_info=exc)
+            self._stop_with(StopReason.FATAL)
+
     def _read(self, fd: int) -> None:
         pending = b""
         while True:
@@ -156,38 +171,45 @@ class Server:
                 log.error("cannot read stdin: %s", exc)
                 chunk = b""
             if not chunk:
-                if pending.strip():
-                    self._handle_line(pending)  # a last line without its newline is still a request
+                self._submit(self._accept(pending))  # a last line without its newline is still a request
                 self._stop_with(StopReason.EOF)
                 return
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
-            for line in lines:
-                if self._handle_line(line) and self.one_shot:
-                    self._stop_with(StopReason.ONE_SHOT)
-                    return
+            if self.one_shot:
+                for line in lines:
+                    if self._submit(self._accept(line)):
+                        self._stop_with(StopReason.ONE_SHOT)
+                        return
+            else:
+                # All the requests of a chunk go to the runner in one hand-off.
+                self._submit([task for line in lines for task in self._accept(line)])
 
-    def _handle_line(self, line: bytes) -> bool:
-        """Submit or answer one line; True when it was a task request that was accepted."""
+    def _accept(self, line: bytes) -> list[tuple[TaskRequest, Reply]]:
+        """Parse and admit one line: the accepted task, or nothing when the line was answered or blank."""
         if not line.strip():
-            return False
+            return []
         try:
             request = parse_request(line)
         except ProtocolError as exc:
             log.warning("%s", exc)
             self.channel.send(encode_response(TaskResponse.failure(exc.task_id, str(exc))))
-            return False
+            return []
         ticket = self.inflight.admit(request)
         if ticket is None:
             why = "worker is shutting down and accepts no new tasks; retry it on another worker"
             self.channel.send(encode_response(TaskResponse.failure(request.task_id, why, retry=True)))
+            return []
+        return [(request, ticket)]
+
+    def _submit(self, tasks: list[tuple[TaskRequest, Reply]]) -> bool:
+        if not tasks:
             return False
         try:
-            self.runner.submit(request, ticket)
-        except Exception as exc:  # noqa: BLE001 - a runner that cannot take the task must still answer it
-            self.inflight.answer(
-                ticket, TaskResponse.failure(request.task_id, f"runner rejected the task: {exc}", retry=True)
-            )
+            self.runner.submit_many(tasks)
+        except Exception as exc:  # noqa: BLE001 - a runner that cannot take tasks must still answer them
+            for request, reply in tasks:
+                reply(TaskResponse.failure(request.task_id, f"runner rejected the task: {exc}", retry=True))
         return True
 
     # --- stopping ----------------------------------------------------------------------------

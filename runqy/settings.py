@@ -8,12 +8,13 @@ Go worker starts it), then the defaults below.
 
 from __future__ import annotations
 
-import importlib
 import os
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,9 +24,13 @@ from pydantic_settings import (
 )
 
 from runqy.attempts import RetryPolicy
-from runqy.errors import ConfigError
+from runqy.catalog import BUILTIN_RUNNERS, import_runner
+from runqy.checks import caller_stacklevel, check_environment, check_settings
+from runqy.errors import ConfigError, ConfigWarning
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from runqy.runners.base import Runner
 
 __all__ = [
@@ -33,21 +38,17 @@ __all__ = [
     "RUNNER_ALIASES",
     "RunnerOptions",
     "RunqySettings",
+    "file_sources",
     "load_settings",
     "resolve_runner_class",
+    "resolve_settings",
 ]
 
 #: The environment variable naming a TOML settings file.
 CONFIG_ENV_VAR = "RUNQY_CONFIG"
 
 #: Short names accepted by ``runner_cls``, and the class each stands for.
-RUNNER_ALIASES: dict[str, str] = {
-    "sequential": "runqy.runners.sequential:SequentialRunner",
-    "thread": "runqy.runners.thread:ThreadRunner",
-    "process": "runqy.runners.process:PersistentProcessRunner",
-    "hybrid": "runqy.runners.hybrid:HybridRunner",
-}
-_CLASS_NAMES = {path.rpartition(":")[2]: path for path in RUNNER_ALIASES.values()}
+RUNNER_ALIASES: dict[str, str] = {alias: spec.path for alias, spec in BUILTIN_RUNNERS.items()}
 
 
 class RunnerOptions(BaseModel):
@@ -82,6 +83,8 @@ class RunqySettings(BaseSettings):
     python_workers: int | None = Field(default=None, ge=1)
     #: Longest time one attempt of a task may run; None for no limit.
     task_timeout_s: float | None = Field(default=None, gt=0)
+    #: A timed-out task must be killed, not abandoned: only runners with hard timeouts (process) accept it.
+    require_hard_timeout: bool = False
     #: Local retries of a retryable failure (RetryableError, timeout, crash) before answering.
     max_retries: int = Field(default=0, ge=0)
     #: First backoff between local retries; doubles each time, with jitter.
@@ -107,12 +110,18 @@ class RunqySettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = config_file_path()
-        if config_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
-        sources.append(PyprojectTomlConfigSettingsSource(settings_cls, Path.cwd() / "pyproject.toml"))
-        return tuple(sources)
+        return (init_settings, env_settings, *(source for _, source in file_sources(settings_cls)))
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> Self:
+        # Runs while the settings are built, so a bad combination fails before any runner starts.
+        for dotted, value in check_settings(self).items():
+            field, _, option = dotted.partition(".")
+            if option:
+                value = getattr(self, field).model_copy(update={option: value})
+            # The model is frozen for its users; filling in a derived value belongs to its construction.
+            object.__setattr__(self, field, value)
+        return self
 
     @property
     def runner_name(self) -> str:
@@ -122,6 +131,7 @@ class RunqySettings(BaseSettings):
         return "thread" if (self.python_workers or 1) > 1 else "sequential"
 
     def runner_class(self) -> type[Runner]:
+        """Import the runner class; a :class:`ConfigError` when it is not available in this installation."""
         return resolve_runner_class(self.runner_name)
 
     def build_runner(self) -> Runner:
@@ -131,62 +141,90 @@ class RunqySettings(BaseSettings):
         return RetryPolicy(self.task_timeout_s, self.max_retries, self.retry_backoff_s, self.max_abandoned_threads)
 
 
+def file_sources(settings_cls: type[BaseSettings]) -> list[tuple[str, PydanticBaseSettingsSource]]:
+    """The TOML sources, highest first, each with its origin (``config:PATH``, ``pyproject:PATH``).
+
+    Settings resolution and ``runqy config`` both read the files through this one
+    function, so what is reported is what is used.
+    """
+    sources: list[tuple[str, PydanticBaseSettingsSource]] = []
+    config_file = config_file_path()
+    if config_file is not None:
+        sources.append((f"config:{config_file}", _read_toml(config_file, TomlConfigSettingsSource, settings_cls)))
+    pyproject = Path.cwd() / "pyproject.toml"
+    sources.append((f"pyproject:{pyproject}", _read_toml(pyproject, PyprojectTomlConfigSettingsSource, settings_cls)))
+    return sources
+
+
+def _read_toml(
+    path: Path, source: type[TomlConfigSettingsSource], settings_cls: type[BaseSettings]
+) -> PydanticBaseSettingsSource:
+    try:
+        return source(settings_cls, path)
+    except ValueError as exc:  # tomllib.TOMLDecodeError (tomli's on Python 3.10) is a ValueError
+        raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax of that file") from exc
+
+
 def config_file_path() -> Path | None:
-    """The file named by ``RUNQY_CONFIG``; an error when it names nothing."""
+    """The file named by ``RUNQY_CONFIG``, made absolute; an error when it names nothing."""
     name = os.environ.get(CONFIG_ENV_VAR)
     if not name:
         return None
     path = Path(name)
     if not path.is_file():
         raise ConfigError(f"{CONFIG_ENV_VAR}={name}: no such file; point it at a TOML file like those in configs/")
-    return path
+    return path.resolve()
 
 
-def load_settings(**overrides: Any) -> RunqySettings:
-    """Resolve settings from every source; raises :class:`ConfigError` naming each bad field."""
-    try:
-        settings = RunqySettings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
-    settings.runner_class()  # an unknown runner fails here, before anything starts
+def resolve_settings(overrides: Mapping[str, Any] | None = None, *, code_origin: str = "code") -> RunqySettings:
+    """Build and check settings from every source, without importing the runner.
+
+    ``overrides`` are the values given in code (nested as ``{"runner": {...}}``);
+    they win over every other source. Raises :class:`ConfigError` naming each bad
+    field and the source (file, environment variable or code) it came from.
+    """
+    overrides = dict(overrides or {})
+    check_environment(os.environ, set(RunqySettings.model_fields))
+    # Held back and issued again below with the source of each field, which only this level knows.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        try:
+            settings = RunqySettings(**overrides)
+        except ValidationError as exc:
+            from runqy.provenance import describe_errors
+
+            message, fields = describe_errors(exc, overrides, code_origin=code_origin)
+            raise ConfigError(message, fields=fields) from exc
+    _issue_again(caught, overrides, code_origin)
     return settings
 
 
-def _describe(exc: ValidationError) -> str:
-    lines = [f"invalid runqy settings ({_sources_hint()}):"]
-    for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"])
-        got = f" (got {error['input']!r})" if error["type"] != "missing" else ""
-        lines.append(f"  {field}: {error['msg']}{got}")
-    return "\n".join(lines)
+def _issue_again(caught: list[warnings.WarningMessage], overrides: dict[str, Any], code_origin: str) -> None:
+    if not caught:
+        return
+    from runqy.provenance import describe_origin, origin_of, source_layers
+
+    layers = source_layers(overrides, code_origin=code_origin)
+    for record in caught:
+        warning = record.message
+        if not isinstance(warning, ConfigWarning):
+            warnings.warn_explicit(warning, record.category, record.filename, record.lineno)
+            continue
+        where = "; ".join(f"{f} from {describe_origin(origin_of(f, layers) or 'default')}" for f in warning.fields)
+        text = f"{warning} ({where})" if where else str(warning)
+        warnings.warn(ConfigWarning(text, fields=warning.fields), stacklevel=caller_stacklevel())
 
 
-def _sources_hint() -> str:
-    hint = ["code", "RUNQY_* environment variables"]
-    if os.environ.get(CONFIG_ENV_VAR):
-        hint.append(f"{CONFIG_ENV_VAR}={os.environ[CONFIG_ENV_VAR]}")
-    pyproject = Path.cwd() / "pyproject.toml"
-    if pyproject.is_file():
-        hint.append(f"[tool.runqy] in {pyproject}")
-    return "read from " + ", ".join(hint)
+def load_settings(**overrides: Any) -> RunqySettings:
+    """Resolve settings from every source and check that their runner can be imported.
+
+    Raises :class:`ConfigError` naming each bad field and its source.
+    """
+    settings = resolve_settings(overrides)
+    settings.runner_class()  # a runner missing from this installation fails here, before anything starts
+    return settings
 
 
 def resolve_runner_class(name: str) -> type[Runner]:
     """Turn ``runner_cls`` (alias, class name or ``module:Class``) into a Runner subclass."""
-    from runqy.runners.base import Runner
-
-    path = RUNNER_ALIASES.get(name.lower()) or _CLASS_NAMES.get(name) or name
-    module_name, _, class_name = path.partition(":")
-    valid = ", ".join([*RUNNER_ALIASES, *_CLASS_NAMES]) + ', or "package.module:Class"'
-    if not class_name:
-        raise ConfigError(f"runner_cls: unknown runner {name!r}; expected one of {valid}")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if path in RUNNER_ALIASES.values():
-            raise ConfigError(f"runner_cls: the {name!r} runner is not available yet in this version of runqy") from exc
-        raise ConfigError(f"runner_cls: cannot import module {module_name!r} for {name!r}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Runner)):
-        raise ConfigError(f"runner_cls: {name!r} is not a runqy Runner subclass; expected one of {valid}")
-    return cls
+    return import_runner(name)

@@ -75,6 +75,11 @@ class Runner(ABC):
         Returns at once: it never waits for the task, so the serving loop keeps reading.
         """
 
+    def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        """Submit several tasks at once; runners override it to take a batch in one hand-off."""
+        for request, reply in tasks:
+            self.submit(request, reply)
+
     @abstractmethod
     def close(self, timeout_s: float | None = None) -> None:
         """Finish the tasks already submitted (waiting at most ``timeout_s``), then release everything."""

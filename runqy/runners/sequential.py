@@ -6,7 +6,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, ClassVar
 
-from runqy.app import BoundHandler, Registry
+from runqy.app import BoundHandler, Registry, failure_response
 from runqy.attempts import AttemptEngine, RetryPolicy
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Capabilities, Reply, Runner
@@ -33,7 +33,8 @@ class SequentialRunner(Runner):
     def __init__(self, policy: RetryPolicy | None = None) -> None:
         super().__init__()
         self.policy = policy or RetryPolicy()
-        self._tasks: queue.SimpleQueue[tuple[TaskRequest, Reply] | None] = queue.SimpleQueue()
+        # Batches of tasks, in arrival order; None stops the thread.
+        self._tasks: queue.SimpleQueue[list[tuple[TaskRequest, Reply]] | None] = queue.SimpleQueue()
         self._handler: BoundHandler | None = None
         self._engine: AttemptEngine | None = None
         self._thread: threading.Thread | None = None
@@ -55,16 +56,23 @@ class SequentialRunner(Runner):
         self._thread.start()
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
-        self._tasks.put((request, reply))
+        self._tasks.put([(request, reply)])
+
+    def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        self._tasks.put(tasks)
 
     @property
     def abandoned_attempts(self) -> int:
         return self._engine.abandoned if self._engine is not None else 0
 
     def _work(self, engine: AttemptEngine) -> None:
-        while (item := self._tasks.get()) is not None:
-            request, reply = item
-            reply(engine.run(request))
+        while (batch := self._tasks.get()) is not None:
+            for request, reply in batch:
+                try:
+                    response = engine.run(request)
+                except BaseException as exc:  # noqa: BLE001 - the task must be answered whatever broke
+                    response = failure_response(request, exc)
+                reply(response)
 
     def close(self, timeout_s: float | None = None) -> None:
         if self._thread is None:

@@ -1,0 +1,182 @@
+"""Where each setting came from, found by asking every pydantic-settings source what it provides.
+
+The sources are the very objects settings resolution uses (see
+:func:`runqy.settings.file_sources`); each is called and returns the values it
+holds, so nothing here parses a file or the environment a second time.
+
+An origin is a short string: ``code``, ``cli``, ``env:RUNQY_NAME``, ``config:PATH``
+(the file named by ``RUNQY_CONFIG``), ``pyproject:PATH`` (its ``[tool.runqy]``
+table) or ``default``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from pydantic_settings import EnvSettingsSource, InitSettingsSource
+
+from runqy.checks import DERIVED_FROM, resolve_runner
+from runqy.errors import ConfigError, ConfigWarning
+from runqy.settings import RunnerOptions, RunqySettings, file_sources, resolve_settings
+
+__all__ = ["DEFAULT", "Layer", "describe_errors", "describe_settings", "describe_origin", "origins", "source_layers"]
+
+DEFAULT = "default"
+
+#: One source's values, flattened to dotted names ("runner.max_threads"), each with its origin.
+Layer = dict[str, str]
+
+
+def source_layers(overrides: Mapping[str, Any], *, code_origin: str = "code") -> list[Layer]:
+    """Every source's dotted keys with their origin, highest precedence first."""
+    code = InitSettingsSource(RunqySettings, init_kwargs=dict(overrides))()
+    layers = [dict.fromkeys(_flatten(code), code_origin), _env_layer()]
+    for origin, source in file_sources(RunqySettings):
+        layers.append(dict.fromkeys(_flatten(source()), origin))
+    return layers
+
+
+def _env_layer() -> Layer:
+    names = {name.upper(): name for name in os.environ}
+    layer: Layer = {}
+    for dotted in _flatten(EnvSettingsSource(RunqySettings)()):
+        parts = dotted.split(".")
+        # RUNQY_RUNNER__MAX_THREADS, or the whole table as JSON in RUNQY_RUNNER.
+        for candidate in ("RUNQY_" + "__".join(parts).upper(), "RUNQY_" + parts[0].upper()):
+            if candidate in names:
+                layer[dotted] = f"env:{names[candidate]}"
+                break
+        else:
+            layer[dotted] = "env"
+    return layer
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        # An empty table sets nothing; a table's keys are listed one by one.
+        keys += _flatten(value, f"{dotted}.") if isinstance(value, Mapping) else [dotted]
+    return keys
+
+
+def origin_of(dotted: str, layers: list[Layer]) -> str | None:
+    """The origin of the highest source that sets ``dotted``, the table holding it, or keys inside it."""
+    parent = dotted.partition(".")[0]
+    for layer in layers:
+        if dotted in layer:
+            return layer[dotted]
+        if parent in layer:  # the whole table given as one value
+            return layer[parent]
+        inside = next((key for key in layer if key.startswith(f"{dotted}.")), None)
+        if inside is not None:  # an unknown table, such as [tool.runqy] inside a RUNQY_CONFIG file
+            return layer[inside]
+    return None
+
+
+def origins(settings: RunqySettings, layers: list[Layer]) -> dict[str, str]:
+    """The origin of every setting, by dotted name; derived values name the origin of their source field."""
+    result: dict[str, str] = {}
+    defaults = _dotted_values(RunqySettings.model_construct())
+    for dotted, value in _dotted_values(settings).items():
+        origin = origin_of(dotted, layers)
+        if origin is None and dotted in DERIVED_FROM and value != defaults[dotted]:
+            origin = origin_of(DERIVED_FROM[dotted], layers)
+        result[dotted] = origin or DEFAULT
+    return result
+
+
+def _dotted_values(settings: RunqySettings) -> dict[str, Any]:
+    values = settings.model_dump(mode="json")
+    runner = values.pop("runner")
+    return {**values, **{f"runner.{name}": value for name, value in runner.items()}}
+
+
+def describe_origin(origin: str) -> str:
+    """An origin in words, for messages."""
+    kind, _, where = origin.partition(":")
+    if kind == "env" and where:
+        return f"environment variable {where}"
+    if kind == "config":
+        return f"{where} (the RUNQY_CONFIG file)"
+    if kind == "pyproject":
+        return f"[tool.runqy] of {where}"
+    if origin == "cli":
+        return "the command line"
+    return "the defaults" if origin == DEFAULT else origin
+
+
+def describe_settings(overrides: Mapping[str, Any] | None = None, *, code_origin: str = "code") -> dict[str, Any]:
+    """The resolved settings, the origin of each, the runner they choose and any warnings, as JSON-ready data.
+
+    This is what ``runqy config --json`` prints. It does not need the runner's module:
+    ``runner.available`` says whether it can be imported here.
+    """
+    overrides = dict(overrides or {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        settings = resolve_settings(overrides, code_origin=code_origin)
+    runner = resolve_runner(settings.runner_cls, settings.python_workers)
+    try:
+        settings.runner_class()
+        available, unavailable_reason = True, None
+    except ConfigError as exc:
+        available, unavailable_reason = False, str(exc)
+    return {
+        "settings": settings.model_dump(mode="json"),
+        "sources": origins(settings, source_layers(overrides, code_origin=code_origin)),
+        "runner": {
+            "name": runner.name,
+            "class": runner.path,
+            "available": available,
+            "unavailable_reason": unavailable_reason,
+            "capabilities": {
+                "hard_timeout": runner.capabilities.hard_timeout,
+                "shares_load_context": runner.capabilities.shares_load_context,
+                "cpu_parallel": runner.capabilities.cpu_parallel,
+            },
+        },
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)],
+    }
+
+
+def describe_errors(
+    exc: ValidationError, overrides: Mapping[str, Any], *, code_origin: str = "code"
+) -> tuple[str, tuple[str, ...]]:
+    """A ValidationError in words, each bad field with the source it came from; and the dotted fields."""
+    layers = source_layers(overrides, code_origin=code_origin)
+    lines = ["invalid runqy settings:"]
+    fields: list[str] = []
+    for error in exc.errors():
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # a whole-configuration check (runqy.checks)
+            where = [f"{f} from {describe_origin(origin_of(f, layers) or DEFAULT)}" for f in cause.fields]
+            lines.append(f"  {cause}" + (f" ({'; '.join(where)})" if where else ""))
+            fields += cause.fields
+            continue
+        dotted = ".".join(str(part) for part in error["loc"])
+        if not dotted:  # raised while checking the whole model, outside runqy's own checks
+            lines.append(f"  {error['msg']}")
+            continue
+        fields.append(dotted)
+        origin = origin_of(dotted, layers) or DEFAULT
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {_unknown_key(dotted, origin)}")
+        else:
+            lines.append(f"  {dotted} = {error['input']!r} in {describe_origin(origin)}: {error['msg']}")
+    return "\n".join(lines), tuple(fields)
+
+
+def _unknown_key(dotted: str, origin: str) -> str:
+    parent, _, key = dotted.rpartition(".")
+    valid = list((RunnerOptions if parent == "runner" else RunqySettings).model_fields)
+    close = difflib.get_close_matches(key, valid, n=1)
+    fix = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(valid)}"
+    if origin.startswith("config:") and key == "tool":
+        fix = "a RUNQY_CONFIG file holds the settings at its top level, not under [tool.runqy]"
+    return f"{dotted}: unknown setting, set in {describe_origin(origin)}; {fix} (every setting: docs/configuration.md)"

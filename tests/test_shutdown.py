@@ -1,0 +1,93 @@
+"""Shutdown as the Go worker does it: stdin EOF, SIGTERM with stdin open, a second signal; and one-shot mode."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import WorkerFactory
+
+from runqy.local import make_request
+
+SLOW_WORKER = """
+import sys, time
+from runqy import task, run, run_once
+
+@task
+def handle(payload):
+    print(f"started {payload['name']}", file=sys.stderr, flush=True)
+    time.sleep(payload["sleep_s"])  # stands for real work of that length
+    return payload["name"]
+
+if __name__ == "__main__":
+    run_once() if "--once" in sys.argv else run()
+"""
+
+
+@pytest.fixture
+def slow_worker(write_worker: Callable[[str], Path]) -> Path:
+    return write_worker(SLOW_WORKER)
+
+
+def test_sigterm_on_an_idle_worker_blocked_on_stdin_exits_0_at_once(
+    slow_worker: Path, start_worker: WorkerFactory
+) -> None:
+    worker = start_worker(slow_worker)
+    sent = time.monotonic()
+    worker.terminate()
+    assert worker.wait(timeout_s=5) == 0
+    assert time.monotonic() - sent < 1.0
+
+
+def test_sigterm_during_a_task_answers_it_then_exits_0(slow_worker: Path, start_worker: WorkerFactory) -> None:
+    worker = start_worker(slow_worker)
+    pending = worker.submit(make_request({"name": "long", "sleep_s": 2}))
+    worker.wait_for_stderr("started long")
+    worker.terminate()
+    assert worker.wait(timeout_s=10) == 0
+    assert pending.response is not None
+    assert pending.response["result"] == "long"
+
+
+def test_a_task_outliving_the_shutdown_timeout_is_answered_retryable(
+    slow_worker: Path, start_worker: WorkerFactory
+) -> None:
+    worker = start_worker(slow_worker, RUNQY_SHUTDOWN_TIMEOUT_S="0.2")
+    pending = worker.submit(make_request({"name": "endless", "sleep_s": 600}))
+    worker.wait_for_stderr("started endless")
+    worker.terminate()
+    assert worker.wait(timeout_s=10) == 0
+    assert pending.response is not None
+    assert pending.response["retry"] is True
+    assert "shutdown_timeout_s=0.2" in pending.response["error"]
+
+
+def test_stdin_eof_with_tasks_in_flight_answers_all_then_exits_0(
+    slow_worker: Path, start_worker: WorkerFactory
+) -> None:
+    worker = start_worker(slow_worker)
+    pending = [worker.submit(make_request({"name": f"t{i}", "sleep_s": 0.05})) for i in range(5)]
+    worker.close_stdin()
+    assert worker.wait(timeout_s=30) == 0
+    assert [p.response["result"] for p in pending if p.response] == [f"t{i}" for i in range(5)]
+
+
+def test_a_second_signal_exits_at_once(slow_worker: Path, start_worker: WorkerFactory) -> None:
+    worker = start_worker(slow_worker)
+    worker.submit(make_request({"name": "stuck", "sleep_s": 600}))
+    worker.wait_for_stderr("started stuck")
+    worker.terminate()
+    worker.wait_for_stderr("received SIGTERM")
+    worker.process.send_signal(signal.SIGINT)
+    assert worker.wait(timeout_s=5) == 128 + signal.SIGINT
+
+
+def test_run_once_serves_exactly_one_task_and_exits_0(slow_worker: Path, start_worker: WorkerFactory) -> None:
+    worker = start_worker(slow_worker, "--once")
+    first = worker.submit(make_request({"name": "only", "sleep_s": 0}))
+    assert worker.wait(timeout_s=10) == 0  # stdin still open: it stops after one task by itself
+    assert first.response is not None and first.response["result"] == "only"
+    assert worker.status_lines == [{"status": "ready"}]
