@@ -53,7 +53,7 @@ STOP: Final = 1  # (STOP,): exit once idle
 # Child -> parent.
 READY: Final = 0  # (READY, pid)
 LOAD_FAILED: Final = 1  # (LOAD_FAILED, message)
-DONE: Final = 2  # (DONE, seq, attempt, task_id, result, error, retry, rss_bytes or 0)
+DONE: Final = 2  # (DONE, seq, attempt, task_id, result, error, retry, rss_bytes or 0, abandoned threads)
 RETIRE: Final = 3  # (RETIRE, reason): recycle me once my tasks are done
 
 #: A pickled result this big cannot become a response line under MAX_LINE_BYTES (JSON of
@@ -235,9 +235,9 @@ class _Sender:
             except OSError:
                 _exit(0)  # the parent is gone
 
-    def done(self, seq: int, attempt: int, response: TaskResponse) -> None:
+    def done(self, seq: int, attempt: int, response: TaskResponse, abandoned: int = 0) -> None:
         task_id, result, error, retry = response
-        message = (DONE, seq, attempt, task_id, result, error, retry, self._rss())
+        message = (DONE, seq, attempt, task_id, result, error, retry, self._rss(), abandoned)
         try:
             data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the task still gets one answer
@@ -254,7 +254,7 @@ class _Sender:
 
 
 def _failure(seq: int, attempt: int, task_id: str, error: str) -> bytes:
-    return pickle.dumps((DONE, seq, attempt, task_id, None, error, False, 0), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((DONE, seq, attempt, task_id, None, error, False, 0, 0), pickle.HIGHEST_PROTOCOL)
 
 
 def _no_rss() -> int:
@@ -313,7 +313,7 @@ class _ThreadHost(_Host):
                 f"(max_abandoned_threads={self._max_abandoned})"
             )
             self._sender.send((RETIRE, reason))
-        self._sender.done(seq, attempt, response)
+        self._sender.done(seq, attempt, response, self._engine.abandoned)
 
 
 def _has_path(module: ModuleType, qualname: str) -> bool:

@@ -82,6 +82,8 @@ class ChildProcess:
         self.state = ChildState.STARTING
         self.inflight: dict[int, Job] = {}
         self.tasks_done = 0
+        #: Timed-out attempts still running in its threads (hybrid), as of its last answer.
+        self.abandoned = 0
         #: Why we stopped or killed it; None while its exit would be a crash.
         self.stop_reason: str | None = None
         #: When to SIGKILL the group if the child has not exited by then.

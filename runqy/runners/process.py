@@ -222,6 +222,12 @@ class PersistentProcessRunner(Runner):
             self._monitor.join()
 
     @property
+    def abandoned_attempts(self) -> int:
+        """Timed-out attempts still running in threads of the children (hybrid); they die with their child."""
+        with self._lock:
+            return sum(child.abandoned for child in self._children)
+
+    @property
     def child_pids(self) -> list[int]:
         """Pids of the live children (for monitoring and tests)."""
         with self._lock:
@@ -265,7 +271,7 @@ class PersistentProcessRunner(Runner):
     def on_message_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
         tag = message[0]
         if tag == DONE:
-            _, seq, attempt, task_id, result, error, retry, rss = message
+            _, seq, attempt, task_id, result, error, retry, rss, child.abandoned = message
             job = child.inflight.pop(seq, None)
             if job is None or job.attempt != attempt:
                 log.debug("dropping a late answer for task %s attempt %d from child %d", task_id, attempt, child.pid)
