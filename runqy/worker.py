@@ -6,14 +6,16 @@ import logging
 import os
 import sys
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runqy.app import Registry, default_registry
 from runqy.errors import HandlerNotRegistered, LoadFailed
 from runqy.protocol import READY_LINE, ProtocolChannel, error_status_line
 from runqy.runners.base import Runner
 from runqy.serve import Server
-from runqy.settings import RunqySettings, load_settings
+
+if TYPE_CHECKING:
+    from runqy.settings import RunqySettings
 
 __all__ = ["Worker", "run", "run_once"]
 
@@ -144,3 +146,11 @@ def _configure_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter("runqy %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(level)
+
+
+def load_settings(**overrides: Any) -> RunqySettings:
+    # Imported here: a child process of the process runner imports this module (through
+    # the worker's `from runqy import run`) but never serves, so it never needs settings.
+    from runqy.settings import load_settings as resolve
+
+    return resolve(**overrides)

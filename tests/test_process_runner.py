@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -141,3 +143,11 @@ def test_close_stops_every_child() -> None:
     with started(num_processes=2) as runner:
         pids = runner.child_pids
     assert all(wait_gone(pid) for pid in pids)
+
+
+def test_a_child_does_not_import_the_settings_machinery() -> None:
+    # What a child imports is paid again by every replacement child before it serves.
+    code = "from runqy import load, run, task; import runqy.runners._child, sys\n"
+    code += "print('pydantic_settings' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
