@@ -30,7 +30,7 @@ from runqy.runners.process import PersistentProcessRunner
 from runqy.target import import_target
 
 HERE = Path(__file__).resolve().parent
-WORKER = str(HERE / "bench_worker.py")
+WORKER = str(HERE / "process_bench_worker.py")
 
 
 def timed_run(runner_options: list[str], payloads: list[dict[str, object]], concurrency: int) -> float:
