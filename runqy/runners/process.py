@@ -194,13 +194,20 @@ class PersistentProcessRunner(Runner):
         log.info("%d child process(es) ready: %s", len(self._children), " ".join(str(c.pid) for c in self._children))
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
+        self.submit_many([(request, reply)])
+
+    def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        refused: Replies = []
         with self._lock:
-            refusal = self._refusal_locked(request)
-            if refusal is None:
-                self._pending.append(Job(request, reply))
-                self._dispatch_locked()
-                return
-        reply(refusal)
+            for request, reply in tasks:
+                refusal = self._refusal_locked(request)
+                if refusal is None:
+                    self._pending.append(Job(request, reply))
+                else:
+                    refused.append((reply, refusal))
+            self._dispatch_locked()
+        for reply, response in refused:
+            reply(response)
 
     def close(self, timeout_s: float | None = None) -> None:
         with self._lock:
