@@ -117,6 +117,15 @@ def _barrier(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     return {"pid": os.getpid(), "thread": threading.get_ident()}
 
 
+_LEAKED: list[bytearray] = []
+
+
+def _leak(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
+    """Keep ``mb`` more MiB for the life of the process, as a leaking C extension would."""
+    _LEAKED.append(bytearray(int(payload.get("mb", 64)) * 2**20))
+    return os.getpid()
+
+
 def _spin(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     """Hold the GIL, computing, for ``ms`` milliseconds."""
     end = time.perf_counter() + float(payload.get("ms", 20)) / 1000
@@ -148,6 +157,7 @@ ACTIONS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Any]] = {
     "retryable": _retryable,
     "balloon": _balloon,
     "barrier": _barrier,
+    "leak": _leak,
     "spin": _spin,
     "sleep": _sleep,
 }

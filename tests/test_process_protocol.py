@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from process_helpers import DEADLINE_S, wait_for_file, wait_gone
 
@@ -178,3 +179,19 @@ def test_children_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_sigterm_stops_the_worker_and_takes_children_and_grandchildren_down(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(SCRIPT.format(runner="process", timeout=None, options={"num_processes": 1}))
+    mark = tmp_path / "grandchild.pid"
+    worker = LocalWorker([sys.executable, str(script)], env={**_env(), "RUNQY_SHUTDOWN_TIMEOUT_S": "0.2"})
+    with worker:
+        worker.wait_ready(DEADLINE_S * 3)
+        pending = worker.submit(make_request({"do": "hang_with_grandchild", "mark": str(mark)}))
+        grandchild = int(wait_for_file(mark))
+        child = psutil.Process(grandchild).ppid()
+        assert psutil.Process(child).ppid() == worker.process.pid
+        assert worker.shutdown("term") == 0
+        assert pending.response is not None and pending.response["retry"] is True
+        assert wait_gone(child) and wait_gone(grandchild)

@@ -116,6 +116,16 @@ def test_a_memory_balloon_is_stopped_before_the_machine_runs_out(tmp_path: Path)
         assert runner.run_task(request("echo", value=3)).result["echo"] == 3
 
 
+def test_a_child_that_keeps_memory_is_recycled_between_tasks(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="runqy")
+    with started(max_memory_per_child_mb=100) as runner:
+        leaked_in = runner.run_task(request("leak", mb=128))
+        assert leaked_in.error is None  # the task that leaked still succeeds
+        assert wait_gone(leaked_in.result)
+        assert runner.run_task(request("pid")).result != leaked_in.result
+    assert any("after a task (max_memory_per_child_mb=100)" in r.getMessage() for r in caplog.records)
+
+
 def test_load_failure_in_a_child_fails_start_with_the_childs_error() -> None:
     runner = PersistentProcessRunner(num_processes=2)
     with pytest.raises(LoadFailed, match="the model file is missing"):
