@@ -156,6 +156,9 @@ class ChildSupervisor:
                 return
             with self._lock:
                 self.children.append(child)
+                if self.closing:
+                    # The runner closed while this child was being started: nobody will stop it.
+                    child.kill("runner closed")
 
     def _watch_new_locked(self) -> None:
         for child in self.children:
