@@ -195,3 +195,26 @@ def test_sigterm_stops_the_worker_and_takes_children_and_grandchildren_down(tmp_
         assert worker.shutdown("term") == 0
         assert pending.response is not None and pending.response["retry"] is True
         assert wait_gone(child) and wait_gone(grandchild)
+
+
+def test_a_handler_children_cannot_import_fails_start_up_saying_so(tmp_path: Path) -> None:
+    # Defined under the __main__ guard: the script re-imported in a child never defines it.
+    script = tmp_path / "guarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from runqy import run, task
+
+            if __name__ == "__main__":
+                @task
+                def handle(payload):
+                    return payload
+
+                run(runner_cls="process", runner={"num_processes": 1})
+            """
+        )
+    )
+    with LocalWorker([sys.executable, str(script)], env=_env(), cwd=str(tmp_path)) as worker:
+        with pytest.raises(WorkerStartFailed, match=r"a child process cannot find __main__\.handle"):
+            worker.wait_ready(DEADLINE_S * 3)
+        assert worker.wait() == 1

@@ -77,12 +77,15 @@ class HandlerRef:
         return cls(module, getattr(fn, "__qualname__", repr(fn)), main_path)
 
     def resolve(self) -> Callable[..., Any]:
-        """Import the module (or find the re-imported script) and return the function."""
-        obj: Any = self._module()
-        for part in self.qualname.split("."):
-            obj = getattr(obj, part)
+        """Import the module (or find the re-imported script) and return the function; raises LoadFailed."""
+        try:
+            obj: Any = self._module()
+            for part in self.qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError, LookupError, OSError) as exc:
+            raise LoadFailed(f"a child process cannot find {self.module}.{self.qualname}: {exc}") from exc
         if not callable(obj):
-            raise TypeError(f"{self.module}.{self.qualname} is not callable")
+            raise LoadFailed(f"{self.module}.{self.qualname} is not callable in the child process")
         return obj  # type: ignore[no-any-return]
 
     def _module(self) -> ModuleType:
