@@ -218,3 +218,12 @@ def test_a_handler_children_cannot_import_fails_start_up_saying_so(tmp_path: Pat
         with pytest.raises(WorkerStartFailed, match=r"a child process cannot find __main__\.handle"):
             worker.wait_ready(DEADLINE_S * 3)
         assert worker.wait() == 1
+
+
+def test_a_crash_loop_makes_the_worker_exit_non_zero_so_that_it_is_restarted(worker_script: Path) -> None:
+    with start(worker_script) as worker:
+        for n in range(5):  # the default limit: 5 unexpected child deaths within 10 s
+            response = worker.call({"do": "exit", "code": 9}, DEADLINE_S, task_id=f"crash-{n}")
+            assert "exited with code 9" in response["error"]
+        assert worker.wait(DEADLINE_S) == 1
+    assert any("child processes died within 10s" in line for line in worker.stderr_lines)
