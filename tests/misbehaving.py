@@ -8,6 +8,7 @@ child processes import this module by name to find the handler.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -117,6 +118,11 @@ def _barrier(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     return {"pid": os.getpid(), "thread": threading.get_ident()}
 
 
+def _gil_hog(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
+    """Catastrophic regex backtracking: C code that never releases the GIL, for hours."""
+    return bool(re.match(r"(a+)+$", "a" * 40 + "b"))
+
+
 _LEAKED: list[bytearray] = []
 
 
@@ -158,6 +164,7 @@ ACTIONS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Any]] = {
     "balloon": _balloon,
     "barrier": _barrier,
     "leak": _leak,
+    "gil_hog": _gil_hog,
     "spin": _spin,
     "sleep": _sleep,
 }

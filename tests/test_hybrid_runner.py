@@ -54,3 +54,13 @@ def test_a_crash_fails_only_the_tasks_of_that_child(tmp_path: Path) -> None:
         assert len(failed) == 1 and "exited with code 5" in (failed[0].responses[0].error or "")
         survivor = next(answer for answer in hanging if not answer.done.is_set())
         assert survivor.responses == []
+
+
+def test_a_child_stuck_holding_the_gil_is_killed_by_the_backstop() -> None:
+    # No thread of the child can run to time the attempt out: the parent kills the child.
+    with started(HybridRunner, task_timeout_s=0.3, threads_per_process=2) as runner:
+        [child] = runner.child_pids
+        response = runner.run_task(request("gil_hog"))
+        assert response.error is not None and "timed out" in response.error
+        assert wait_gone(child)
+        assert runner.run_task(request("pid")).result != child
