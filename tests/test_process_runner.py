@@ -143,9 +143,13 @@ def test_a_crash_loop_reports_a_fatal_error_instead_of_spinning() -> None:
 
     with started(crash_limit=3, crash_window_s=60) as runner:
         runner.on_fatal = on_fatal
-        for _ in range(3):
+        for _ in range(2):
             runner.run_task(request("exit"))
+        last_crash = submit(runner, request("exit"))
+        waiting = submit(runner, request("echo"))  # queued behind the crash: never runs
+        assert "exited with code 1" in (last_crash.wait().error or "")
         assert reported.wait(10) and isinstance(fatal[0], RunnerBroken)
+        assert waiting.wait().retry is True and "died within" in (waiting.responses[0].error or "")
         refused = runner.run_task(request("echo"))
         assert refused.retry is True and "died within" in (refused.error or "")
 

@@ -78,6 +78,7 @@ class Scheduler:
         self._start_error: str | None = None
         self._broken: RunnerBroken | None = None
         self._fatal_to_report: RunnerBroken | None = None
+        self._deferred: Replies = []
 
     def attach(self, supervisor: ChildSupervisor) -> None:
         self.supervisor = supervisor
@@ -137,7 +138,8 @@ class Scheduler:
             child.inflight.clear()
             if child.state is not ChildState.DOOMED:
                 child.kill("runner closed") if busy else child.stop("runner closed")
-        replies: Replies = []
+        replies: Replies = [*self._deferred]
+        self._deferred.clear()
         for job in jobs:
             why = "the worker shut down before the task finished; retry it"
             self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies)
@@ -183,14 +185,14 @@ class Scheduler:
         crash = WorkerCrashed(exitcode, f"pid {child.pid}")
         if child.stop_reason is None:
             if self.state is State.STARTING and child.state is ChildState.STARTING:
-                self.on_spawn_failed_locked(f"{crash} before it was ready (its traceback is on stderr)")
+                self.on_child_failed_locked(f"{crash} before it was ready (its traceback is on stderr)")
             else:
                 log.error("%s%s", crash, f" while running {len(jobs)} task(s)" if jobs else "")
-                self.on_spawn_failed_locked(str(crash))
+                self.on_child_failed_locked(str(crash))
         for job in jobs:
             self._crashed_locked(job, str(crash), replies)
 
-    def on_spawn_failed_locked(self, what: str) -> None:
+    def on_child_failed_locked(self, what: str) -> None:
         """Count an unexpected child exit; too many in a short window break the runner."""
         if self.state is State.STARTING:
             self._start_error = self._start_error or what
@@ -202,8 +204,10 @@ class Scheduler:
             f"{self._crashes.recent} child processes died within {self._crashes.window_s:g}s (the last: {what}); "
             "stopping instead of restarting them in a loop"
         )
+        # Answered on the next tick: this may run where no reply list is at hand.
         for job in [*self._pending, *(job for _, _, job in self._retries)]:
-            self._finish_locked(job, TaskResponse.failure(job.request.task_id, str(self._broken), retry=True), [])
+            failure = TaskResponse.failure(job.request.task_id, str(self._broken), retry=True)
+            self._finish_locked(job, failure, self._deferred)
         self._pending.clear()
         self._retries.clear()
 
@@ -223,6 +227,8 @@ class Scheduler:
         while self._retries and self._retries[0][0] <= now:
             self._pending.append(heapq.heappop(self._retries)[2])
         self._dispatch_locked()
+        replies += self._deferred
+        self._deferred.clear()
         fatal, self._fatal_to_report = self._fatal_to_report, None
         return fatal
 

@@ -49,8 +49,8 @@ class SupervisedEvents(Protocol):
     def on_exit_locked(self, child: ChildProcess, exitcode: int | None, replies: Replies) -> None:
         """A child exited and was reaped; its in-flight jobs are still in ``child.inflight``."""
 
-    def on_spawn_failed_locked(self, what: str) -> None:
-        """A child could not even be started."""
+    def on_child_failed_locked(self, what: str) -> None:
+        """A child could not be started, or died unexpectedly."""
 
     def next_due_locked(self) -> float:
         """The next deadline of the runner (monotonic seconds), or ``math.inf``."""
@@ -152,7 +152,7 @@ class ChildSupervisor:
             except Exception as exc:  # noqa: BLE001 - fork failures, pickling, multiprocessing's own checks
                 log.error("cannot start a child process: %s", exc)
                 with self._lock:
-                    self._events.on_spawn_failed_locked(f"cannot start a child process: {exc}")
+                    self._events.on_child_failed_locked(f"cannot start a child process: {exc}")
                 return
             with self._lock:
                 self.children.append(child)
