@@ -147,7 +147,8 @@ def test_hybrid_serves_concurrently_over_the_protocol(tmp_path: Path) -> None:
         assert worker.shutdown("term") == 0
 
 
-def test_children_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_children_exit_when_the_parent_is_killed(tmp_path: Path, start_method: str) -> None:
     mark = tmp_path / "grandchild.pid"
     script = tmp_path / "parent.py"
     script.write_text(
@@ -159,7 +160,7 @@ def test_children_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
             from runqy.runners.process import PersistentProcessRunner
 
             if __name__ == "__main__":
-                runner = PersistentProcessRunner(num_processes=2)
+                runner = PersistentProcessRunner(num_processes=2, start_method={start_method!r})
                 runner.start(misbehaving.registry)
                 runner.submit(TaskRequest("t", {{"do": "hang_with_grandchild", "mark": {str(mark)!r}}}), print)
                 print(*runner.child_pids, flush=True)
