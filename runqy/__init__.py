@@ -22,7 +22,15 @@ if TYPE_CHECKING:
     from runqy.app import Registry, load, task
     from runqy.builder import RunqyBuilder
     from runqy.context import TaskInfo, current_task
-    from runqy.errors import ConfigError, ConfigWarning, RetryableError, RunqyError, TaskTimeout, WorkerCrashed
+    from runqy.errors import (
+        ConfigError,
+        ConfigWarning,
+        RetryableError,
+        RunqyError,
+        TaskFailed,
+        TaskTimeout,
+        WorkerCrashed,
+    )
     from runqy.settings import RunqySettings, load_settings
     from runqy.worker import Worker, run, run_once
 
@@ -40,6 +48,7 @@ _LAZY = {
     "ConfigWarning": "runqy.errors",
     "RetryableError": "runqy.errors",
     "RunqyError": "runqy.errors",
+    "TaskFailed": "runqy.errors",
     "TaskTimeout": "runqy.errors",
     "WorkerCrashed": "runqy.errors",
     "RunqySettings": "runqy.settings",
@@ -73,6 +82,7 @@ __all__ = [
     "RunqyBuilder",
     "RunqyError",
     "RunqySettings",
+    "TaskFailed",
     "TaskInfo",
     "TaskTimeout",
     "Worker",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from runqy.aio import EventLoopThread
-from runqy.context import _current
+from runqy.context import Cancellation, _current
 from runqy.errors import HandlerNotRegistered, LoadFailed, RetryableError
 from runqy.protocol import TaskRequest, TaskResponse, new_response
 
@@ -76,20 +76,22 @@ class BoundHandler:
         self.pass_ctx = pass_ctx
         self.loop = loop
         self.is_async = _is_async(fn)
+        #: Exceptions answered as retryable (``retry: true``) besides ``RetryableError``.
+        self.retry_exceptions: tuple[type[BaseException], ...] = ()
 
-    def execute(self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None) -> TaskResponse:
+    def execute(self, request: TaskRequest, attempt: int = 1, cancel: Cancellation | None = None) -> TaskResponse:
         """Run a synchronous handler once in the calling thread; never raises."""
         token = _current.set((request, attempt, cancel or _NEVER_CANCELLED))
         try:
             result = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
         except BaseException as exc:  # noqa: BLE001 - a SystemExit in a handler must fail the task, not the worker
-            return failure_response(request, exc)
+            return failure_response(request, exc, self.retry_exceptions)
         finally:
             _current.reset(token)
         return new_response((request.task_id, result, None, False))
 
     async def execute_async(
-        self, request: TaskRequest, attempt: int = 1, cancel: threading.Event | None = None
+        self, request: TaskRequest, attempt: int = 1, cancel: Cancellation | None = None
     ) -> TaskResponse:
         """Run an ``async def`` handler once on the worker's loop; never raises except on cancellation."""
         _current.set((request, attempt, cancel or _NEVER_CANCELLED))
@@ -97,7 +99,7 @@ class BoundHandler:
             coro = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
             result = await coro
         except Exception as exc:  # noqa: BLE001 - every handler error becomes the task's error response
-            return failure_response(request, exc)
+            return failure_response(request, exc, self.retry_exceptions)
         return TaskResponse(request.task_id, result)
 
     def execute_blocking(self, request: TaskRequest, attempt: int = 1) -> TaskResponse:
@@ -115,11 +117,17 @@ class BoundHandler:
 _NEVER_CANCELLED = threading.Event()
 
 
-def failure_response(request: TaskRequest, exc: BaseException) -> TaskResponse:
-    """Map a handler's exception to a response: ``RetryableError`` is retryable, the rest is not."""
+def failure_response(
+    request: TaskRequest, exc: BaseException, retry_exceptions: tuple[type[BaseException], ...] = ()
+) -> TaskResponse:
+    """Map a handler's exception to a response: ``RetryableError`` and ``retry_exceptions`` are retryable.
+
+    A ``RetryableError`` is answered with its message; anything else with its traceback.
+    """
     if isinstance(exc, RetryableError):
         return TaskResponse.failure(request.task_id, str(exc) or type(exc).__name__, retry=True)
-    return TaskResponse.failure(request.task_id, "".join(traceback.format_exception(exc)).rstrip())
+    retry = isinstance(exc, retry_exceptions)
+    return TaskResponse.failure(request.task_id, "".join(traceback.format_exception(exc)).rstrip(), retry=retry)
 
 
 def _is_async(fn: Callable[..., Any] | None) -> bool:

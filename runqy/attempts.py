@@ -1,27 +1,53 @@
 """Timeouts and local retries of in-process attempts, in one place for every in-process runner.
 
-A timed attempt runs on a dedicated single-worker executor taken from a free list.
-Python cannot kill a thread, so an attempt that overruns ``task_timeout_s`` is
-abandoned: its cancellation flag is set, its executor is never reused, and the
-retry runs on another executor, so a retry is never queued behind a stuck attempt.
+An attempt runs in the thread that took the task, with no hand-off: handing a trivial
+task to another thread and waiting for it costs several times the task itself. A
+single watchdog thread per engine enforces ``task_timeout_s``::
+
+    runner thread ──run()──> attempt 1 (registered with its deadline) ──> reply
+                                  │ overran its deadline
+    watchdog ── sets its cancellation flag, counts the thread as abandoned,
+                hands the rest of the task to a fresh thread:
+                                  └──> backoff, attempt 2 ──> reply
+
+Python cannot kill a thread, so the thread of a timed-out attempt is abandoned: when
+its handler finally returns, the result is dropped and the thread stops serving. The
+retry runs on the fresh thread, so **a retry is never queued behind a stuck
+attempt**, and a runner keeps its full number of serving threads meanwhile.
+
+``async def`` handlers run on the worker's event loop instead, and a timed-out
+coroutine is really cancelled: no thread is left behind.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Final
 
-from runqy.app import BoundHandler
+from runqy.app import BoundHandler, failure_response
 from runqy.errors import TaskTimeout
 from runqy.protocol import TaskRequest, TaskResponse
 
-__all__ = ["AttemptEngine", "RetryPolicy"]
+__all__ = ["AttemptEngine", "Continuation", "RetryPolicy", "resolve_exception", "timed_out"]
 
 log = logging.getLogger("runqy")
+
+#: Called exactly once with a task's final response.
+Reply = Callable[[TaskResponse], None]
+#: The rest of a task whose attempt timed out; returns False if its thread was abandoned in turn.
+Continuation = Callable[[], bool]
+#: Told that ``thread`` was abandoned; must run ``continuation`` on another thread.
+OnAbandon = Callable[[threading.Thread, Continuation], None]
+
+_GONE: Final = object()
 
 
 @dataclass(frozen=True)
@@ -32,98 +58,240 @@ class RetryPolicy:
     max_retries: int = 0
     retry_backoff_s: float = 0.0
     max_abandoned_threads: int = 16
+    #: Exception classes retried like ``RetryableError`` (the ``retry_exceptions`` setting).
+    retry_exceptions: tuple[type[BaseException], ...] = ()
 
     def backoff_s(self, failed_attempt: int) -> float:
-        """Exponential backoff with full jitter, so that retries of many tasks do not move in step."""
+        """Exponential backoff with jitter: ``retry_backoff_s * 2**(n-1)``, scaled by a random 0.5 to 1.
+
+        The jitter keeps the retries of many tasks that failed together (a database
+        blip) from hitting the same resource again in step.
+        """
         return self.retry_backoff_s * (2.0 ** (failed_attempt - 1)) * random.uniform(0.5, 1.0)
 
 
-class AttemptEngine:
-    """Runs a task's attempts under a :class:`RetryPolicy` and returns its one final response."""
+class _Flag:
+    """The cancellation flag of an attempt, as ``current_task().cancelled`` reads it.
 
-    def __init__(self, handler: BoundHandler, policy: RetryPolicy) -> None:
+    Lighter than a ``threading.Event``, whose creation costs more than a trivial task.
+    """
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def is_set(self) -> bool:
+        return self.cancelled
+
+
+class _Attempt(_Flag):
+    """One timed attempt while it runs, with what the watchdog needs to give up on it."""
+
+    __slots__ = ("deadline", "number", "reply", "request", "thread")
+
+    def __init__(self, request: TaskRequest, number: int, reply: Reply, deadline: float) -> None:
+        self.cancelled = False  # set here rather than through _Flag.__init__: one call less per attempt
+        self.request = request
+        self.number = number
+        self.reply = reply
+        self.deadline = deadline
+        self.thread = threading.current_thread()
+
+
+class AttemptEngine:
+    """Runs a task's attempts under a :class:`RetryPolicy` and replies once with its final response.
+
+    Thread-safe: any number of threads may call :meth:`run` at once.
+    """
+
+    def __init__(self, handler: BoundHandler, policy: RetryPolicy, on_abandon: OnAbandon | None = None) -> None:
         self.handler = handler
         self.policy = policy
-        self._free: list[concurrent.futures.ThreadPoolExecutor] = []
+        # The handler maps exceptions to responses, so it is what must know the retryable ones.
+        handler.retry_exceptions = policy.retry_exceptions
+        self._on_abandon = on_abandon or _continue_in_new_thread
         self._lock = threading.Lock()
-        self.abandoned = 0
+        self._abandoned = 0
+        # Timed attempts in progress. Both the finishing thread and the watchdog claim an
+        # attempt by popping it, an atomic dict operation, so exactly one of them wins.
+        self._running: dict[_Attempt, None] = {}
+        # The common case, decided once: a plain function with no time limit runs as is.
+        self._untimed_sync = policy.task_timeout_s is None and not handler.is_async
+        self._watchdog: _Watchdog | None = None
+        if policy.task_timeout_s is not None and not handler.is_async:
+            self._watchdog = _Watchdog(self, policy.task_timeout_s)
 
-    def run(self, request: TaskRequest, attempt: int = 1) -> TaskResponse:
-        """Run attempts until one succeeds, fails for good, or the local retries are used up; blocks.
+    @property
+    def abandoned(self) -> int:
+        """Timed-out attempts whose threads are still running."""
+        return self._abandoned
 
-        ``attempt`` numbers the first attempt run here (a process runner's child runs
-        attempt N of a task whose earlier attempts ran elsewhere).
+    def run(self, request: TaskRequest, reply: Reply, first_attempt: int = 1) -> bool:
+        """Run attempts in the calling thread until the task is done, then ``reply``.
+
+        Returns False when the calling thread was abandoned: one of its attempts timed
+        out, another thread took over the task, and this thread must stop serving.
         """
+        attempt = first_attempt
         while True:
-            response = self._attempt(request, attempt)
-            if not response.retry or attempt > self.policy.max_retries:
-                return response
-            log.info("task %s: attempt %d failed, retrying: %s", request.task_id, attempt, _summary(response.error))
-            time.sleep(self.policy.backoff_s(attempt))
+            try:
+                response = self._attempt(request, attempt, reply)
+            except Exception as exc:  # a failure of runqy's own (the event loop closed): still an answer
+                log.exception("task %s: attempt %d could not run", request.task_id, attempt)
+                response = failure_response(request, exc)
+            if response is None:
+                return False
+            if self._settle(request, reply, attempt, response):
+                return True
             attempt += 1
 
-    def _attempt(self, request: TaskRequest, attempt: int) -> TaskResponse:
+    def _settle(self, request: TaskRequest, reply: Reply, attempt: int, response: TaskResponse) -> bool:
+        """Reply if ``response`` is final; else wait out the backoff and return False."""
+        if not response.retry or attempt > self.policy.max_retries:
+            reply(response)
+            return True
+        log.info("task %s: attempt %d failed, retrying: %s", request.task_id, attempt, _summary(response.error))
+        if self.policy.retry_backoff_s > 0:
+            time.sleep(self.policy.backoff_s(attempt))
+        return False
+
+    def _attempt(self, request: TaskRequest, number: int, reply: Reply) -> TaskResponse | None:
+        """One attempt's response, or None when the watchdog gave up on it meanwhile."""
+        if self._untimed_sync:
+            return self.handler.execute(request, number)
         timeout_s = self.policy.task_timeout_s
-        if timeout_s is None:
-            return self.handler.execute_blocking(request, attempt)
-        cancel = threading.Event()
-        if self.handler.is_async and self.handler.loop is not None:
-            # Coroutines can really be cancelled: no thread is left behind.
-            future = self.handler.loop.submit(self.handler.execute_async(request, attempt, cancel))
-            try:
-                return future.result(timeout_s)
-            except concurrent.futures.TimeoutError:
-                cancel.set()
-                future.cancel()
-                return self._timed_out(request, timeout_s, attempt)
-        executor = self._take_executor()
-        future = executor.submit(self.handler.execute, request, attempt, cancel)
-        try:
-            response = future.result(timeout_s)
-        except concurrent.futures.TimeoutError:
-            cancel.set()
-            self._abandon(executor, future)
-            return self._timed_out(request, timeout_s, attempt)
-        with self._lock:
-            self._free.append(executor)
+        if self.handler.is_async:
+            return self._attempt_async(request, number, timeout_s)
+        assert timeout_s is not None
+        attempt = _Attempt(request, number, reply, time.monotonic() + timeout_s)
+        self._running[attempt] = None
+        response = self.handler.execute(request, number, attempt)
+        if self._running.pop(attempt, _GONE) is _GONE:
+            with self._lock:
+                self._abandoned -= 1
+            log.info("task %s: abandoned attempt %d finished after all; its result is dropped", request.task_id, number)
+            return None
         return response
 
-    def _take_executor(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-        return concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="runqy-attempt")
+    def _attempt_async(self, request: TaskRequest, number: int, timeout_s: float | None) -> TaskResponse:
+        assert self.handler.loop is not None
+        if timeout_s is None:
+            return self.handler.loop.run(self.handler.execute_async(request, number))
+        cancel = _Flag()
+        future = self.handler.loop.submit(self.handler.execute_async(request, number, cancel))
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            # A coroutine can really be stopped: cancelling the future cancels its task on the loop.
+            cancel.cancelled = True
+            future.cancel()
+            return timed_out(request, timeout_s, number)
 
-    def _abandon(
-        self, executor: concurrent.futures.ThreadPoolExecutor, future: concurrent.futures.Future[TaskResponse]
-    ) -> None:
-        executor.shutdown(wait=False)
+    def _expire_overdue(self, now: float) -> float | None:
+        """Give up on every attempt past its deadline; returns the earliest deadline still ahead."""
+        earliest: float | None = None
+        # A copy, because runner threads add and remove attempts meanwhile.
+        for attempt in self._running.copy():
+            if attempt.deadline <= now:
+                self._expire(attempt)
+            elif earliest is None or attempt.deadline < earliest:
+                earliest = attempt.deadline
+        return earliest
+
+    def _expire(self, attempt: _Attempt) -> None:
+        """Give up on one attempt past its deadline."""
+        if self._running.pop(attempt, _GONE) is _GONE:
+            return  # it finished just now
+        attempt.cancelled = True
         with self._lock:
-            self.abandoned += 1
-            over = self.abandoned > self.policy.max_abandoned_threads
-        future.add_done_callback(self._abandoned_finished)
-        if over:
+            self._abandoned += 1
+            abandoned = self._abandoned
+        timeout_s = self.policy.task_timeout_s
+        assert timeout_s is not None
+        request = attempt.request
+        log.warning(
+            "task %s: attempt %d timed out after %gs; abandoning its thread", request.task_id, attempt.number, timeout_s
+        )
+        if abandoned > self.policy.max_abandoned_threads:
             log.warning(
                 "%d timed-out attempts are still running in abandoned threads (max_abandoned_threads=%d): "
-                "make the handler check current_task().cancelled, or use a process runner, which kills them",
-                self.abandoned,
+                "make the handler return when current_task().cancelled is true, or use the process runner, "
+                "which kills timed-out tasks",
+                abandoned,
                 self.policy.max_abandoned_threads,
             )
+        response = timed_out(request, timeout_s, attempt.number)
+        try:
+            self._on_abandon(attempt.thread, partial(self._resume, attempt, response))
+        except Exception:  # no thread to take over (the system refused one): answer now, without retrying
+            log.exception(
+                "task %s: cannot hand over the timed-out task; answering it with the timeout", request.task_id
+            )
+            attempt.reply(response)
 
-    def _abandoned_finished(self, _: object) -> None:
-        with self._lock:
-            self.abandoned -= 1
-
-    @staticmethod
-    def _timed_out(request: TaskRequest, timeout_s: float, attempt: int) -> TaskResponse:
-        return TaskResponse.failure(request.task_id, str(TaskTimeout(timeout_s, attempt)), retry=True)
+    def _resume(self, attempt: _Attempt, response: TaskResponse) -> bool:
+        """The rest of a task after its attempt timed out: reply, or back off and retry here."""
+        if self._settle(attempt.request, attempt.reply, attempt.number, response):
+            return True
+        return self.run(attempt.request, attempt.reply, attempt.number + 1)
 
     def close(self) -> None:
-        """Release the idle executors; abandoned attempts are left to finish on their own."""
-        with self._lock:
-            free, self._free = self._free, []
-        for executor in free:
-            executor.shutdown(wait=False)
+        """Stop the watchdog; abandoned attempts are left to finish on their own."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+
+
+class _Watchdog:
+    """One thread that gives up on timed attempts past their deadline.
+
+    It never needs waking for a new attempt: an attempt that a scan did not see started
+    (read the clock) at about the scan's time or later, so its deadline is no earlier
+    than the next scan, which comes at most ``timeout_s`` later.
+    """
+
+    def __init__(self, engine: AttemptEngine, timeout_s: float) -> None:
+        self._engine = engine
+        self._timeout_s = timeout_s
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="runqy-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopped.is_set():
+            now = time.monotonic()
+            earliest = self._engine._expire_overdue(now)
+            next_scan = now + self._timeout_s if earliest is None else min(earliest, now + self._timeout_s)
+            self._stopped.wait(next_scan - time.monotonic())
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def resolve_exception(name: str) -> type[BaseException]:
+    """The exception class named ``name``: a builtin (``"ConnectionError"``) or ``"package.module.Class"``.
+
+    Raises ``ValueError`` saying what is wrong.
+    """
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        module = importlib.import_module(module_name or "builtins")
+    except ImportError as exc:
+        raise ValueError(f"{name!r}: cannot import module {module_name!r} ({exc})") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        raise ValueError(f"{name!r} is not an exception class; expected a builtin or 'package.module.Class'")
+    return cls
+
+
+def timed_out(request: TaskRequest, timeout_s: float, attempt: int) -> TaskResponse:
+    """The retryable error response of an attempt that ran out of time."""
+    return TaskResponse.failure(request.task_id, str(TaskTimeout(timeout_s, attempt)), retry=True)
+
+
+def _continue_in_new_thread(_abandoned: threading.Thread, continuation: Continuation) -> None:
+    threading.Thread(target=continuation, name="runqy-retry", daemon=True).start()
 
 
 def _summary(text: str | None) -> str:

@@ -120,11 +120,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import_target(args.target)
     if worker.served_in_this_process():
         return 0  # the module called run() itself while being imported, and that run is over
-    serve = worker.Worker(settings)
-    if args.once:
-        serve.run_once()
-    else:
-        serve.run()
+    with worker.Worker(settings) as serve:
+        if args.once:
+            serve.run_once()
+        else:
+            serve.run()
     return 0
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runqy.protocol import TaskResponse
 
 __all__ = [
     "ConfigError",
@@ -12,7 +16,9 @@ __all__ = [
     "ProtocolError",
     "RetryableError",
     "RunnerBroken",
+    "RunnerClosed",
     "RunqyError",
+    "TaskFailed",
     "TaskTimeout",
     "WorkerCrashed",
 ]
@@ -74,6 +80,20 @@ class LoadFailed(RunqyError):
     """Raised when the ``@load`` function of a worker raised; the cause is chained."""
 
 
+class TaskFailed(RunqyError):
+    """Raised when a task run by :meth:`runqy.Worker.map` failed; ``response`` is its error response.
+
+    ``index`` is the payload's position in the input; ``retryable`` tells whether the
+    failure was retryable (``RetryableError``, a timeout, an exception in ``retry_exceptions``).
+    """
+
+    def __init__(self, index: int, response: TaskResponse) -> None:
+        super().__init__(f"task {index} failed: {response.error}")
+        self.index = index
+        self.response = response
+        self.retryable = response.retry
+
+
 class TaskTimeout(RunqyError, TimeoutError):
     """Raised when one attempt of a task ran longer than ``task_timeout_s``."""
 
@@ -95,6 +115,10 @@ class WorkerCrashed(RunqyError):
 
 class RunnerBroken(RunqyError, BrokenExecutor):
     """Raised when a runner can no longer run tasks (for example a crash loop); the process must restart."""
+
+
+class RunnerClosed(RunqyError, RuntimeError):
+    """Raised when a task is submitted to a runner that is not started, or already closed."""
 
 
 def _signal_name(exitcode: int | None) -> str | None:

@@ -32,8 +32,6 @@ _READ_CHUNK_BYTES: Final = 1 << 16
 #: Requests held beyond the runner's capacity before the reader waits. The Go worker
 #: never sends more than its concurrency, so this only bounds a misbehaving driver.
 _MAX_QUEUED: Final = 10_000
-#: How long closing the runner may take once every task is answered or given up.
-_RUNNER_CLOSE_TIMEOUT_S: Final = 2.0
 
 
 class StopReason(enum.Enum):
@@ -135,6 +133,8 @@ class Server:
         self._stop = threading.Event()
         self._reason: StopReason | None = None
         self._signals_seen = 0
+        #: After :meth:`serve`: whether every task finished (False when some were given up on).
+        self.drained = False
 
     def serve(self, stdin_fd: int = 0) -> int:
         """Serve until stopped; returns the exit code for the process (0 or 1)."""
@@ -260,5 +260,6 @@ class Server:
             count = self.inflight.give_up(why)
             log.warning("gave up on %d unfinished task(s): %s", count, why)
         self.channel.flush()
-        self.runner.close(timeout_s=0 if not drained else _RUNNER_CLOSE_TIMEOUT_S)
+        # The runner stays started: its owner reuses it for the next run, and closes it.
+        self.drained = drained
         return 1 if reason is StopReason.FATAL else 0

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,7 +23,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from runqy.attempts import RetryPolicy
+from runqy.attempts import RetryPolicy, resolve_exception
 from runqy.catalog import BUILTIN_RUNNERS, import_runner
 from runqy.checks import caller_stacklevel, check_environment, check_settings
 from runqy.errors import ConfigError, ConfigWarning
@@ -89,6 +89,8 @@ class RunqySettings(BaseSettings):
     max_retries: int = Field(default=0, ge=0)
     #: First backoff between local retries; doubles each time, with jitter.
     retry_backoff_s: float = Field(default=0.1, ge=0)
+    #: Exceptions retried like RetryableError: builtins (``"ConnectionError"``) or ``"package.module.Class"``.
+    retry_exceptions: list[str] = []
     #: On SIGTERM/SIGINT, how long running tasks may take to finish (the worker kills us after 10 s).
     shutdown_timeout_s: float = Field(default=8.0, ge=0)
     #: Recycle a child process after this many tasks (process and hybrid runners).
@@ -123,6 +125,13 @@ class RunqySettings(BaseSettings):
             object.__setattr__(self, field, value)
         return self
 
+    @field_validator("retry_exceptions")
+    @classmethod
+    def _exceptions_exist(cls, names: list[str]) -> list[str]:
+        for name in names:
+            resolve_exception(name)
+        return names
+
     @property
     def runner_name(self) -> str:
         """The runner to use: ``runner_cls`` if set, else a thread pool when ``python_workers`` > 1."""
@@ -138,7 +147,13 @@ class RunqySettings(BaseSettings):
         return self.runner_class().from_settings(self)
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.task_timeout_s, self.max_retries, self.retry_backoff_s, self.max_abandoned_threads)
+        return RetryPolicy(
+            self.task_timeout_s,
+            self.max_retries,
+            self.retry_backoff_s,
+            self.max_abandoned_threads,
+            tuple(resolve_exception(name) for name in self.retry_exceptions),
+        )
 
 
 def file_sources(settings_cls: type[BaseSettings]) -> list[tuple[str, PydanticBaseSettingsSource]]:

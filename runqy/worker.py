@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from collections.abc import Iterable
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from runqy.app import Registry, default_registry
-from runqy.errors import HandlerNotRegistered, LoadFailed
-from runqy.protocol import READY_LINE, ProtocolChannel, error_status_line
+from runqy.errors import HandlerNotRegistered, LoadFailed, TaskFailed
+from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, error_status_line
 from runqy.runners.base import Runner
 from runqy.serve import Server
 
@@ -35,7 +38,11 @@ class Worker:
     """A handler registry served by the runner its settings choose; start it with :meth:`run`.
 
     The runner is built and started once (``@load`` runs then) and reused by every
-    later call, until :meth:`close`.
+    later :meth:`run`, :meth:`run_once` and :meth:`map`, until :meth:`close`. A worker
+    is a context manager that closes its runner::
+
+        with Worker(load_settings(python_workers=8), registry) as worker:
+            results = worker.map(payloads)
     """
 
     def __init__(self, settings: RunqySettings | None = None, registry: Registry | None = None) -> None:
@@ -76,15 +83,30 @@ class Worker:
         server = Server(runner, channel, shutdown_timeout_s=self.settings.shutdown_timeout_s, one_shot=one_shot)
         code = server.serve()
         stuck = runner.abandoned_attempts
-        if code != 0 or stuck:
+        if code != 0 or stuck or not server.drained:
             if stuck:
                 log.warning("exiting with %d timed-out attempt(s) still running in abandoned threads", stuck)
             # Interpreter shutdown would wait for threads that may never end.
             _exit_now(channel, code)
-        self.close()
+
+    def map(self, payloads: Iterable[Any], *, return_exceptions: bool = False) -> list[Any]:
+        """Run the handler over ``payloads`` on this worker's runner; returns the results in input order.
+
+        Each payload is one task, with the configured timeout and local retries, and as
+        many run at once as the runner allows. Results are the handler's return values
+        as they are (not encoded to JSON). The first call starts the runner (``@load``
+        runs then); later calls, and :meth:`run`, reuse it.
+
+        A failed task raises :class:`~runqy.errors.TaskFailed` for the first failed
+        payload in input order, once the tasks already started have finished; no
+        further payload is started after a failure is seen. With
+        ``return_exceptions=True`` every payload runs and a failed one's place in the
+        list holds its ``TaskFailed`` instead.
+        """
+        return _map(self.runner, payloads, return_exceptions)
 
     def close(self) -> None:
-        """Close the runner (finishing what it runs) and release its threads or processes."""
+        """Close the runner (finishing what it runs) and release its threads or processes; the next use restarts it."""
         if self._runner is not None:
             self._runner.close()
             self._runner = None
@@ -111,14 +133,63 @@ def run(*, workers: int | None = None, **settings: Any) -> None:
         settings["python_workers"] = workers
     if _is_runqy_child():
         return  # imported again inside a runner's child process: the parent serves
-    Worker(load_settings(**settings)).run()
+    with Worker(load_settings(**settings)) as worker:
+        worker.run()
 
 
 def run_once(**settings: Any) -> None:
     """Serve exactly one task, as runqy-python's ``run_once()`` does."""
     if _is_runqy_child():
         return
-    Worker(load_settings(**settings)).run_once()
+    with Worker(load_settings(**settings)) as worker:
+        worker.run_once()
+
+
+def _map(runner: Runner, payloads: Iterable[Any], return_exceptions: bool) -> list[Any]:
+    # Twice the capacity in flight: enough that no slot idles between tasks, few
+    # enough that a long or endless iterable is not read ahead.
+    limit = 2 * runner.capacity
+    responses: list[TaskResponse | None] = []
+    changed = threading.Condition()
+    outstanding = 0
+    failed = False
+
+    def answer(index: int, response: TaskResponse) -> None:
+        nonlocal outstanding, failed
+        with changed:
+            responses[index] = response
+            failed = failed or response.error is not None
+            outstanding -= 1
+            changed.notify()
+
+    def has_room() -> bool:
+        return outstanding < limit
+
+    for index, payload in enumerate(payloads):
+        with changed:
+            changed.wait_for(has_room)
+            if failed and not return_exceptions:
+                break
+            outstanding += 1
+            responses.append(None)
+        try:
+            runner.submit(TaskRequest(f"map-{index}", payload), partial(answer, index))
+        except BaseException:
+            with changed:  # never submitted: not waited for
+                outstanding -= 1
+            raise
+    with changed:
+        changed.wait_for(lambda: outstanding == 0)
+    results: list[Any] = []
+    for index, response in enumerate(responses):
+        assert response is not None
+        if response.error is None:
+            results.append(response.result)
+        elif return_exceptions:
+            results.append(TaskFailed(index, response))
+        else:
+            raise TaskFailed(index, response)
+    return results
 
 
 def _is_runqy_child() -> bool:

@@ -1,4 +1,7 @@
-"""Shared fixtures: write a worker script, start it as the Go worker would, talk to it over real pipes."""
+"""Fixtures shared by the test suite: the runner under contract test, and workers started as the Go worker would.
+
+Adding a runner to the contract suite is one line in :data:`RUNNERS`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,104 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import behaviours
 import pytest
 
+from runqy.app import Registry
 from runqy.local import LocalWorker
+from runqy.runners.base import Runner
+from runqy.settings import load_settings
 
 #: Environment of every spawned worker: no RUNQY_* setting leaks in from the developer's shell.
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("RUNQY_")}
 
 WorkerFactory = Callable[..., LocalWorker]
+
+#: Every runner the contract suite runs against, with the settings (as the environment) that select it.
+RUNNERS: dict[str, dict[str, str]] = {
+    "sequential": {"RUNQY_RUNNER_CLS": "sequential"},
+    "thread": {"RUNQY_RUNNER_CLS": "thread", "RUNQY_RUNNER__MAX_THREADS": "4"},
+    "process": {"RUNQY_RUNNER_CLS": "process", "RUNQY_RUNNER__NUM_PROCESSES": "2"},
+    "hybrid": {
+        "RUNQY_RUNNER_CLS": "hybrid",
+        "RUNQY_RUNNER__NUM_PROCESSES": "2",
+        "RUNQY_RUNNER__THREADS_PER_PROCESS": "2",
+    },
+}
+
+BEHAVIOURS = Path(behaviours.__file__)
+#: Worker start-up in a busy test run: far above normal, far below a hang.
+STARTUP_TIMEOUT_S = 30.0
+#: How long a runner may take to close at the end of a test.
+CLOSE_TIMEOUT_S = 5.0
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RUNQY_* variable of the developer's shell may leak into a test."""
+    for name in list(os.environ):
+        if name.startswith("RUNQY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(params=list(RUNNERS))
+def runner_name(request: pytest.FixtureRequest) -> str:
+    """The name of the runner under contract test; every contract test runs once per runner."""
+    return str(request.param)
+
+
+def behaviours_registry() -> Registry:
+    """A fresh registry holding the behaviours worker's handler and loader."""
+    registry = Registry()
+    registry.load(behaviours.setup)
+    registry.task(behaviours.handle)
+    return registry
+
+
+@pytest.fixture
+def make_runner(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Runner]]:
+    """Build and start the runner under test over the behaviours worker; ``make(RUNQY_X="...")`` adds settings."""
+    started: list[Runner] = []
+
+    def make(**env: str) -> Runner:
+        for name, value in {**RUNNERS[runner_name], **env}.items():
+            monkeypatch.setenv(name, value)
+        runner = load_settings().build_runner()
+        runner.start(behaviours_registry())
+        started.append(runner)
+        return runner
+
+    yield make
+    for runner in started:
+        runner.close(CLOSE_TIMEOUT_S)
+
+
+@pytest.fixture
+def spawn(runner_name: str) -> Iterator[Callable[..., LocalWorker]]:
+    """Start the behaviours worker as a real process on the runner under test, and wait for its ready line."""
+    workers: list[LocalWorker] = []
+
+    def start(**env: str) -> LocalWorker:
+        base = {name: value for name, value in os.environ.items() if not name.startswith("RUNQY_")}
+        worker = LocalWorker.for_target(str(BEHAVIOURS), env={**base, **RUNNERS[runner_name], **env})
+        workers.append(worker)
+        worker.wait_ready(STARTUP_TIMEOUT_S)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.__exit__(None, None, None)
+
+
+def capacity_of(runner_name: str, **env: str) -> int:
+    """How many tasks the runner runs at once under these settings (without starting it)."""
+    saved = dict(os.environ)
+    try:
+        os.environ.update({**RUNNERS[runner_name], **env})
+        return load_settings().build_runner().capacity
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture

@@ -7,17 +7,18 @@ the parent sends, one message per pipe frame (pickled tuples, see the tags below
 
 The one seam between the process and the hybrid runner is here: a child with
 ``threads == 0`` runs each task inline in its main thread (the parent sends it one
-task at a time); a child with ``threads > 0`` runs tasks on a thread pool, one
-attempt each through :class:`~runqy.attempts.AttemptEngine`, which gives thread-level
-timeouts. Everything else (retries, hard timeouts, crashes, recycling) is decided by
-the parent.
+task at a time); a child with ``threads > 0`` runs them on the thread runner's
+:class:`~runqy.runners.thread.ThreadPool`, one attempt per message, which gives
+thread-level timeouts. Everything else (retries, hard timeouts, crashes, recycling)
+is decided by the parent.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
+import dataclasses
 import faulthandler
+import functools
 import importlib
 import importlib.util
 import logging
@@ -35,7 +36,7 @@ from types import ModuleType
 from typing import Any, Final
 
 from runqy.app import BoundHandler, Registry
-from runqy.attempts import AttemptEngine, RetryPolicy
+from runqy.attempts import RetryPolicy
 from runqy.errors import HandlerNotRegistered, LoadFailed
 from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse
 
@@ -149,6 +150,7 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
         if spec.loader is not None:
             registry.load(spec.loader.resolve())
         handler = registry.bind()
+        handler.retry_exceptions = spec.policy.retry_exceptions
     except Exception as exc:  # noqa: BLE001 - any load failure must reach the parent, which fails start-up
         traceback.print_exc()
         sender.send((LOAD_FAILED, f"{exc} (in child process {os.getpid()})"))
@@ -290,33 +292,31 @@ class _InlineHost(_Host):
 
 
 class _ThreadHost(_Host):
-    """Up to ``spec.threads`` tasks at once on a pool; each attempt is timed by an AttemptEngine."""
+    """Up to ``spec.threads`` tasks at once on the thread runner's pool, which times each attempt."""
 
     def __init__(self, handler: BoundHandler, sender: _Sender, spec: ChildSpec) -> None:
+        from runqy.runners.thread import ThreadPool  # here: a process-runner child never needs it
+
         self._sender = sender
         # One attempt per message: the parent owns retries, so that a retry may run in another child.
-        policy = RetryPolicy(spec.policy.task_timeout_s, 0, 0.0, spec.policy.max_abandoned_threads)
-        self._engine = AttemptEngine(handler, policy)
-        self._pool = concurrent.futures.ThreadPoolExecutor(spec.threads, thread_name_prefix="runqy-child")
+        policy = dataclasses.replace(spec.policy, max_retries=0, retry_backoff_s=0.0)
+        self._pool = ThreadPool(handler, policy, spec.threads, name="runqy-child")
         self._max_abandoned = spec.policy.max_abandoned_threads
         self._retiring = False
 
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
-        self._pool.submit(self._run_one, seq, attempt, request)
+        self._pool.submit(request, functools.partial(self._answer, seq, attempt), attempt)
 
-    def _run_one(self, seq: int, attempt: int, request: TaskRequest) -> None:
-        response = self._engine.run(request, attempt)
+    def _answer(self, seq: int, attempt: int, response: TaskResponse) -> None:
+        abandoned = self._pool.engine.abandoned
         # The request to be recycled goes first: the parent then gives this child no new
         # task from the moment it learns of this answer.
-        if not self._retiring and self._engine.abandoned > self._max_abandoned:
+        if not self._retiring and abandoned > self._max_abandoned:
             # Stuck threads cannot be stopped; only replacing this process frees them.
             self._retiring = True
-            reason = (
-                f"{self._engine.abandoned} timed-out threads still running "
-                f"(max_abandoned_threads={self._max_abandoned})"
-            )
+            reason = f"{abandoned} timed-out threads still running (max_abandoned_threads={self._max_abandoned})"
             self._sender.send((RETIRE, reason))
-        self._sender.done(seq, attempt, response, self._engine.abandoned)
+        self._sender.done(seq, attempt, response, abandoned)
 
 
 def _has_path(module: ModuleType, qualname: str) -> bool:

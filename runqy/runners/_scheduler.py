@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from runqy.attempts import RetryPolicy
-from runqy.errors import RunnerBroken, TaskTimeout, WorkerCrashed
+from runqy.errors import RunnerBroken, RunnerClosed, TaskTimeout, WorkerCrashed
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE
 from runqy.runners._children import ChildProcess, ChildState, Job
@@ -96,8 +96,11 @@ class Scheduler:
             return self._start_error
 
     def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        """Queue tasks and dispatch what idle children can take; raises RunnerClosed unless running."""
         refused: Replies = []
         with self.lock:
+            if self.state is not State.RUNNING:
+                raise RunnerClosed(f"{len(tasks)} task(s) submitted while the process runner is {self.state.value}")
             for request, reply in tasks:
                 refusal = self._refusal_locked(request)
                 if refusal is None:
@@ -308,8 +311,6 @@ class Scheduler:
     def _refusal_locked(self, request: TaskRequest) -> TaskResponse | None:
         if self._broken is not None:
             return TaskResponse.failure(request.task_id, str(self._broken), retry=True)
-        if self.state is not State.RUNNING:
-            return TaskResponse.failure(request.task_id, f"the process runner is {self.state.value}", retry=True)
         if self._crashes.is_poison(request.task_id):
             why = f"this task already brought down {self._crashes.of_task(request.task_id)} worker processes"
             return TaskResponse.failure(request.task_id, f"{why}; it is not run again", retry=False)

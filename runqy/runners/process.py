@@ -44,8 +44,8 @@ import psutil
 
 from runqy.app import Registry
 from runqy.attempts import RetryPolicy
-from runqy.errors import LoadFailed
-from runqy.protocol import TaskRequest, TaskResponse
+from runqy.errors import LoadFailed, RunnerClosed
+from runqy.protocol import TaskRequest
 from runqy.runners._child import ChildSpec
 from runqy.runners._children import KILL_GRACE_S, ChildState, watch_memory
 from runqy.runners._scheduler import Limits, Scheduler
@@ -176,9 +176,7 @@ class PersistentProcessRunner(Runner):
 
     def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         if self._scheduler is None:
-            for request, reply in tasks:
-                reply(TaskResponse.failure(request.task_id, "the process runner is not started", retry=True))
-            return
+            raise RunnerClosed(f"{type(self).__name__} is not started: tasks cannot run")
         self._scheduler.submit_many(tasks)
 
     def close(self, timeout_s: float | None = None) -> None:

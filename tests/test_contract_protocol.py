@@ -1,0 +1,118 @@
+"""The runner contract through the real protocol: a worker process on real pipes, driven as the Go worker does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from conftest import capacity_of
+from harness import wait_for_files
+
+from runqy.local import LocalWorker, Outcome, make_request
+
+Spawn = Callable[..., LocalWorker]
+
+#: Generous bound for "answered within 1 s" acceptance statements on a busy machine.
+WITHIN_1S_BOUND_S = 3.0
+ANSWER_TIMEOUT_S = 10.0
+
+
+def test_bad_lines_and_failures_are_each_answered_once(spawn: Spawn) -> None:
+    worker = spawn()
+    payloads = [{"op": "echo"}, {"op": "fail"}, {"op": "retryable"}, {"op": "not_json"}, {"op": "exit"}]
+    pendings = [worker.submit(make_request(payload, task_id=f"t{n}")) for n, payload in enumerate(payloads * 20)]
+    worker.send_line(b'{"task_id": "bad-1", "payload": [1,\n')  # broken JSON with a readable task id
+    worker.send_line(b"\n")  # blank lines get no answer
+    worker.send_line(b'{"task_id": 7, "payload": null}\n')  # no string task_id: answered with an empty id
+    for pending in pendings:
+        assert pending.done.wait(ANSWER_TIMEOUT_S)
+    assert worker.shutdown() == 0
+    statuses = [pending.outcome().status for pending in pendings[:5]]
+    assert statuses == ["ok", "failed", "retryable", "failed", "failed"]
+    assert "result is not JSON" in pendings[3].response["error"]  # type: ignore[index]
+    assert sorted(r["task_id"] for r in worker.unmatched_responses) == ["", "bad-1"]
+    assert all(r["error"] and r["retry"] is False for r in worker.unmatched_responses)
+    assert worker.garbage_lines == []
+
+
+def test_ten_thousand_tasks_give_ten_thousand_well_formed_lines(spawn: Spawn) -> None:
+    worker = spawn()
+    requests = [make_request({"op": "echo", "n": n}, task_id=f"t{n}") for n in range(10_000)]
+    outcomes = list(worker.run(requests, concurrency=64))
+    assert worker.shutdown() == 0
+    assert sorted(o.response["task_id"] for o in outcomes if o.response) == sorted(r["task_id"] for r in requests)
+    assert all(o.response == _ok(o.request) for o in outcomes)
+    assert worker.unmatched_responses == [] and worker.garbage_lines == []
+
+
+def test_retry_after_timeout_is_answered_at_once(spawn: Spawn) -> None:
+    worker = spawn(RUNQY_TASK_TIMEOUT_S="0.3", RUNQY_MAX_RETRIES="1")
+    outcome = _outcome(worker, {"op": "stuck_first"})
+    assert outcome.response is not None
+    assert (outcome.response["result"], outcome.response["error"]) == ({"attempt": 2}, None)
+    assert outcome.latency_s < WITHIN_1S_BOUND_S
+    assert worker.shutdown() == 0
+
+
+def test_timeout_is_answered_at_once_and_others_run_meanwhile(runner_name: str, spawn: Spawn, tmp_path: Path) -> None:
+    env = {"RUNQY_TASK_TIMEOUT_S": "0.3", "RUNQY_MAX_RETRIES": "0"}
+    capacity = capacity_of(runner_name, **env)
+    worker = spawn(**env)
+    outcome = _outcome(worker, {"op": "stuck"})
+    assert outcome.status == "retryable" and "task_timeout_s=0.3" in outcome.response["error"]  # type: ignore[index]
+    assert outcome.latency_s < WITHIN_1S_BOUND_S
+    meet = {"op": "rendezvous", "dir": str(tmp_path), "parties": capacity}
+    outcomes = list(worker.run([make_request(meet) for _ in range(capacity)], concurrency=capacity))
+    assert [o.response["result"] for o in outcomes if o.response] == ["met"] * capacity
+    assert worker.shutdown() == 0
+
+
+def test_load_context_is_shared_as_the_runner_declares(runner_name: str, spawn: Spawn) -> None:
+    from conftest import RUNNERS
+
+    from runqy.settings import resolve_runner_class
+
+    worker = spawn()
+    outcomes = list(worker.run([make_request({"op": "context"}) for _ in range(32)], concurrency=8))
+    results = [o.response["result"] for o in outcomes if o.response]
+    assert len(results) == 32
+    tokens_by_pid: dict[int, set[str]] = {}
+    for result in results:
+        tokens_by_pid.setdefault(result["pid"], set()).add(result["token"])
+    assert all(len(tokens) == 1 for tokens in tokens_by_pid.values())
+    if resolve_runner_class(RUNNERS[runner_name]["RUNQY_RUNNER_CLS"]).capabilities.shares_load_context:
+        assert len(tokens_by_pid) == 1
+    assert worker.shutdown() == 0
+
+
+def test_stdin_eof_drains_in_flight_tasks(spawn: Spawn) -> None:
+    worker = spawn()
+    pendings = [worker.submit(make_request({"op": "work", "seconds": 0.1})) for _ in range(5)]
+    worker.close_stdin()
+    assert worker.wait() == 0
+    assert [p.outcome().status for p in pendings] == ["ok"] * 5
+
+
+def test_sigterm_drains_running_tasks_then_exits_zero(runner_name: str, spawn: Spawn, tmp_path: Path) -> None:
+    worker = spawn()
+    count = min(capacity_of(runner_name), 4)
+    pendings = [worker.submit(make_request({"op": "work", "seconds": 0.3, "dir": str(tmp_path)})) for _ in range(count)]
+    wait_for_files(tmp_path, count)  # all running: the signal lands mid-task
+    worker.terminate()
+    assert worker.wait() == 0
+    assert [p.outcome().status for p in pendings] == ["ok"] * count
+
+
+def test_sigterm_when_idle_exits_zero(spawn: Spawn) -> None:
+    worker = spawn()
+    assert worker.call({"op": "echo"}, timeout_s=ANSWER_TIMEOUT_S)["error"] is None
+    assert worker.shutdown("term") == 0
+
+
+def _outcome(worker: LocalWorker, payload: object) -> Outcome:
+    (outcome,) = worker.run([make_request(payload)], concurrency=1)
+    return outcome
+
+
+def _ok(request: dict[str, object]) -> dict[str, object]:
+    return {"task_id": request["task_id"], "result": request["payload"], "error": None, "retry": False}
