@@ -15,7 +15,6 @@ import contextlib
 import logging
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +22,8 @@ from pathlib import Path
 import psutil
 
 from runqy.app import default_registry
-from runqy.attempts import RetryPolicy
 from runqy.local import LocalWorker, make_request
-from runqy.protocol import TaskRequest, TaskResponse
+from runqy.protocol import TaskRequest
 from runqy.runners.process import PersistentProcessRunner
 from runqy.target import import_target
 
@@ -84,30 +82,25 @@ def bench_noop_overhead(count: int = 3000) -> None:
     print(f"no-op runner round trip (submit -> child -> reply), process x1: {per_task * 1e6:.0f} us per task")
 
 
-def bench_idle_rss(start_method: str) -> None:
-    with started_runner(start_method) as runner:
-        memory = psutil.Process(runner.child_pids[0]).memory_full_info()
+def bench_replacement_and_rss(start_method: str, rounds: int = 7) -> None:
+    """Through a real worker (`runqy run`), so that children import what a deployed worker's children do."""
+    options = ["--runner", "process", "--num-processes", "1", "--task-timeout-s", "0.2"]
+    gaps: list[float] = []
+    with LocalWorker.for_target(WORKER, *options, "--start-method", start_method) as worker:
+        worker.wait_ready()
+        child = psutil.Process(worker.call({"do": "pid"})["result"])
+        memory = child.memory_full_info()
+        for _ in range(rounds):
+            timed_out = worker.call({"do": "hang"})  # answered when the child's group is killed
+            assert "timed out" in timed_out["error"], timed_out
+            killed_at = time.perf_counter()
+            worker.call({"do": "noop"})
+            gaps.append(time.perf_counter() - killed_at)
+        worker.shutdown()
     print(
         f"idle child ({start_method}): RSS {memory.rss / 2**20:.1f} MiB, USS {memory.uss / 2**20:.1f} MiB "
         "(target RSS <= 25 MiB; the child imports runqy and this worker only)"
     )
-
-
-def bench_replacement(start_method: str, rounds: int = 7) -> None:
-    gaps: list[float] = []
-    with started_runner(start_method, RetryPolicy(task_timeout_s=0.2)) as runner:
-        for i in range(rounds):
-            killed = threading.Event()
-            at: list[float] = []
-
-            def on_timeout(response: TaskResponse, at: list[float] = at, killed: threading.Event = killed) -> None:
-                at.append(time.perf_counter())  # answered right when the child's group is killed
-                killed.set()
-
-            runner.submit(TaskRequest(f"hang-{i}", {"do": "hang"}), on_timeout)
-            killed.wait()
-            runner.run_task(TaskRequest(f"after-{i}", {"do": "noop"}))
-            gaps.append(time.perf_counter() - at[0])
     print(
         f"timed-out child killed -> replacement answered a task ({start_method}): "
         f"median {statistics.median(gaps) * 1000:.0f} ms, min {min(gaps) * 1000:.0f} ms, "
@@ -116,9 +109,9 @@ def bench_replacement(start_method: str, rounds: int = 7) -> None:
 
 
 @contextlib.contextmanager
-def started_runner(start_method: str, policy: RetryPolicy | None = None) -> Iterator[PersistentProcessRunner]:
+def started_runner(start_method: str) -> Iterator[PersistentProcessRunner]:
     import_target(WORKER)  # registers the handler in the default registry, as `runqy run` does
-    runner = PersistentProcessRunner(policy, num_processes=1, start_method=start_method)
+    runner = PersistentProcessRunner(num_processes=1, start_method=start_method)
     runner.start(default_registry)
     try:
         yield runner
@@ -136,8 +129,7 @@ def main() -> None:
     bench_hybrid()
     bench_noop_overhead()
     for start_method in ("spawn", "forkserver"):
-        bench_idle_rss(start_method)
-        bench_replacement(start_method)
+        bench_replacement_and_rss(start_method)
 
 
 if __name__ == "__main__":

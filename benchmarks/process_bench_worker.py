@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -22,4 +23,6 @@ def handle(payload: dict[str, Any]) -> Any:
         time.sleep(payload["ms"] / 1000)
     elif kind == "hang":
         time.sleep(600)
+    elif kind == "pid":
+        return os.getpid()
     return None
