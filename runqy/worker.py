@@ -220,8 +220,11 @@ def _configure_logging(level: str) -> None:
 
 
 def load_settings(**overrides: Any) -> RunqySettings:
-    # Imported here: a child process of the process runner imports this module (through
-    # the worker's `from runqy import run`) but never serves, so it never needs settings.
+    """:func:`runqy.settings.load_settings`, imported when first needed.
+
+    A child process of the process runner imports this module (through the worker's
+    ``from runqy import run``) but never serves, so it never pays for the settings machinery.
+    """
     from runqy.settings import load_settings as resolve
 
     return resolve(**overrides)
