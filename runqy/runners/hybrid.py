@@ -3,9 +3,9 @@
 For handlers that wait on I/O most of the time but also hold the GIL or crash now and
 then: threads give concurrency, processes give cores and containment. It is the
 process runner with two things changed through its seam: a child takes
-``threads_per_process`` tasks at once (the child runs them on a thread pool, one
-attempt each through :class:`~runqy.attempts.AttemptEngine`), and timeouts are
-thread-level inside the child (the attempt is abandoned and retried, possibly in
+``threads_per_process`` tasks at once (the child runs them on the thread runner's
+:class:`~runqy.runners.thread.ThreadPool`, one attempt per task message), and
+timeouts are thread-level inside the child (the attempt is abandoned and retried, possibly in
 another child). A child whose abandoned threads exceed ``max_abandoned_threads``
 asks to be recycled: it gets no new tasks, and is replaced once its running ones are
 answered. As a backstop, a child that does not answer a timed-out attempt at all
