@@ -5,12 +5,12 @@ then: threads give concurrency, processes give cores and containment. It is the
 process runner with two things changed through its seam: a child takes
 ``threads_per_process`` tasks at once (the child runs them on the thread runner's
 :class:`~runqy.runners.thread.ThreadPool`, one attempt per task message), and
-timeouts are thread-level inside the child (the attempt is abandoned and retried, possibly in
-another child). A child whose abandoned threads exceed ``max_abandoned_threads``
-asks to be recycled: it gets no new tasks, and is replaced once its running ones are
-answered. As a backstop, a child that does not answer a timed-out attempt at all
-(its interpreter is stuck in C code holding the GIL) is killed like a process-runner
-child after twice the timeout.
+timeouts are thread-level inside the child (the attempt is abandoned and retried,
+possibly in another child). A child whose abandoned threads exceed
+``max_abandoned_threads`` asks to be recycled: it gets no new tasks, and is replaced
+once its running ones are answered. As a backstop, a child that does not answer a
+timed-out attempt at all (its interpreter is stuck in C code holding the GIL) is
+killed like a process-runner child, twice the timeout plus a second after dispatch.
 """
 
 from __future__ import annotations
