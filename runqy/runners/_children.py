@@ -84,6 +84,8 @@ class ChildProcess:
         self.tasks_done = 0
         #: Timed-out attempts still running in its threads (hybrid), as of its last answer.
         self.abandoned = 0
+        #: Attempts (by seq) running when the memory monitor last saw this child over its limit.
+        self.memory_suspects: set[int] = set()
         #: Why we stopped or killed it; None while its exit would be a crash.
         self.stop_reason: str | None = None
         #: When to SIGKILL the group if the child has not exited by then.
@@ -184,3 +186,5 @@ def watch_memory(
             rss = tree_rss_bytes(child.pid)
             if rss > limit_bytes:
                 on_over(child, rss)
+            else:
+                child.memory_suspects = set()

@@ -349,7 +349,12 @@ class Scheduler:
             return [c for c in self.children if c.state in (ChildState.READY, ChildState.RETIRING)]
 
     def over_memory(self, child: ChildProcess, rss: int) -> None:
-        """Called by the memory monitor: recycle an idle child, kill a busy one (its tasks fail)."""
+        """Called by the memory monitor: recycle an idle child; kill a busy one (its tasks fail).
+
+        A busy child is killed when it is seen over the limit twice in a row while the
+        same task runs: a task that only peaks for a moment and finishes is not failed
+        for it (its child is recycled after it instead).
+        """
         replies: Replies = []
         with self.lock:
             if child.state not in (ChildState.READY, ChildState.RETIRING):
@@ -358,8 +363,12 @@ class Scheduler:
                 f"worker process {child.pid} used {rss / _MIB:.0f} MiB with its subprocesses "
                 f"(max_memory_per_child_mb={self.limits.max_memory_per_child_mb})"
             )
+            running = set(child.inflight)
+            suspects, child.memory_suspects = child.memory_suspects, running
             if not child.inflight:
                 self._retire_locked(child, what)
+            elif not running & suspects:
+                return  # the first sighting: look again on the next check
             else:
                 log.warning("%s while running: killing it before the kernel's OOM killer does", what)
                 jobs = list(child.inflight.values())
