@@ -7,12 +7,16 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from runqy.aio import EventLoopThread
 from runqy.context import Cancellation, _current
 from runqy.errors import HandlerNotRegistered, LoadFailed, RetryableError
 from runqy.protocol import TaskRequest, TaskResponse, new_response
+
+if TYPE_CHECKING:
+    # asyncio is imported only for async handlers: every process-runner child imports
+    # this module, and a replacement child serves that much later.
+    from runqy.aio import EventLoopThread
 
 __all__ = ["BoundHandler", "Registry", "default_registry", "load", "task"]
 
@@ -54,7 +58,11 @@ class Registry:
         """
         if self.handler is None:
             raise HandlerNotRegistered("no task handler registered: decorate your handler function with @task")
-        loop = EventLoopThread() if _is_async(self.handler) or _is_async(self.loader) else None
+        loop = None
+        if _is_async(self.handler) or _is_async(self.loader):
+            from runqy.aio import EventLoopThread
+
+            loop = EventLoopThread()
         ctx = None
         if self.loader is not None:
             try:

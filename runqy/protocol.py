@@ -19,8 +19,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-import pydantic_core
-
 from runqy.errors import ProtocolError
 
 __all__ = [
@@ -119,6 +117,19 @@ _new_request: Final = TaskRequest._make
 new_response: Final = TaskResponse._make
 
 
+_from_json: Callable[[bytes], Any] | None = None
+
+
+def _json_parser() -> Callable[[bytes], Any]:
+    """pydantic-core's JSON parser, imported on first use: child processes of the process
+    runner never parse requests, and every replacement child would pay for the import."""
+    global _from_json
+    from pydantic_core import from_json
+
+    _from_json = from_json
+    return from_json
+
+
 def parse_request(line: bytes) -> TaskRequest:
     """Parse one request line; raises :class:`ProtocolError` saying what was wrong.
 
@@ -127,7 +138,7 @@ def parse_request(line: bytes) -> TaskRequest:
     Unknown keys are ignored, missing optional ones take their defaults.
     """
     try:
-        data = pydantic_core.from_json(line)
+        data = (_from_json or _json_parser())(line)
     except ValueError as exc:
         raise _bad(line, f"invalid request: not valid JSON ({exc}); {_EXPECTED}") from None
     if type(data) is not dict:

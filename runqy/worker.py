@@ -9,14 +9,16 @@ import threading
 from collections.abc import Iterable
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runqy.app import Registry, default_registry
 from runqy.errors import HandlerNotRegistered, LoadFailed, TaskFailed
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, error_status_line
 from runqy.runners.base import Runner
 from runqy.serve import Server
-from runqy.settings import RunqySettings, load_settings
+
+if TYPE_CHECKING:
+    from runqy.settings import RunqySettings
 
 __all__ = ["Worker", "run", "run_once"]
 
@@ -215,3 +217,14 @@ def _configure_logging(level: str) -> None:
     handler.setFormatter(logging.Formatter("runqy %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(level)
+
+
+def load_settings(**overrides: Any) -> RunqySettings:
+    """:func:`runqy.settings.load_settings`, imported when first needed.
+
+    A child process of the process runner imports this module (through the worker's
+    ``from runqy import run``) but never serves, so it never pays for the settings machinery.
+    """
+    from runqy.settings import load_settings as resolve
+
+    return resolve(**overrides)

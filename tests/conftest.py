@@ -28,6 +28,12 @@ WorkerFactory = Callable[..., LocalWorker]
 RUNNERS: dict[str, dict[str, str]] = {
     "sequential": {"RUNQY_RUNNER_CLS": "sequential"},
     "thread": {"RUNQY_RUNNER_CLS": "thread", "RUNQY_RUNNER__MAX_THREADS": "4"},
+    "process": {"RUNQY_RUNNER_CLS": "process", "RUNQY_RUNNER__NUM_PROCESSES": "2"},
+    "hybrid": {
+        "RUNQY_RUNNER_CLS": "hybrid",
+        "RUNQY_RUNNER__NUM_PROCESSES": "2",
+        "RUNQY_RUNNER__THREADS_PER_PROCESS": "2",
+    },
 }
 
 BEHAVIOURS = Path(behaviours.__file__)

@@ -1,0 +1,328 @@
+"""The child side of the process and hybrid runners: load once, then run the tasks sent over one pipe.
+
+:func:`child_main` is the target of every child process. It isolates the child (own
+session, fd 1 on stderr, no stdin, faulthandler, death with the parent), finds the
+user's handler by module and name, runs ``@load``, says ready, and then runs what
+the parent sends, one message per pipe frame (pickled tuples, see the tags below).
+
+The one seam between the process and the hybrid runner is here: a child with
+``threads == 0`` runs each task inline in its main thread (the parent sends it one
+task at a time); a child with ``threads > 0`` runs them on the thread runner's
+:class:`~runqy.runners.thread.ThreadPool`, one attempt per message, which gives
+thread-level timeouts. Everything else (retries, hard timeouts, crashes, recycling)
+is decided by the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import faulthandler
+import functools
+import importlib
+import importlib.util
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Final
+
+from runqy.app import BoundHandler, Registry
+from runqy.attempts import RetryPolicy
+from runqy.errors import HandlerNotRegistered, LoadFailed
+from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse
+
+__all__ = ["CHILD_ENV_VAR", "ChildSpec", "HandlerRef", "child_main"]
+
+log = logging.getLogger("runqy")
+
+#: Set in every child's environment: ``run()`` returns at once there, so a script that
+#: calls it unguarded at import time does not start serving when a child re-imports it.
+CHILD_ENV_VAR: Final = "RUNQY_CHILD_PROCESS"
+
+# Parent -> child.
+TASK: Final = 0  # (TASK, seq, attempt, request fields)
+STOP: Final = 1  # (STOP,): exit once idle
+# Child -> parent.
+READY: Final = 0  # (READY, pid)
+LOAD_FAILED: Final = 1  # (LOAD_FAILED, message)
+DONE: Final = 2  # (DONE, seq, attempt, task_id, result, error, retry, rss_bytes or 0, abandoned threads)
+RETIRE: Final = 3  # (RETIRE, reason): recycle me once my tasks are done
+
+#: A pickled result this big cannot become a response line under MAX_LINE_BYTES (JSON of
+#: any value is at least a third of its pickle), so it is refused here instead of being
+#: copied through the pipe and into the parent's memory first.
+_MAX_RESULT_PICKLE_BYTES: Final = 3 * MAX_LINE_BYTES
+
+
+@dataclass(frozen=True)
+class HandlerRef:
+    """Where a child finds a function: its module and qualified name (and the script, for ``__main__``)."""
+
+    module: str
+    qualname: str
+    main_path: str | None = None
+
+    @classmethod
+    def of(cls, fn: Callable[..., Any]) -> HandlerRef:
+        module = getattr(fn, "__module__", None) or "__main__"
+        main_path = getattr(sys.modules.get("__main__"), "__file__", None) if module == "__main__" else None
+        return cls(module, getattr(fn, "__qualname__", repr(fn)), main_path)
+
+    def resolve(self) -> Callable[..., Any]:
+        """Import the module (or find the re-imported script) and return the function; raises LoadFailed."""
+        try:
+            obj: Any = self._module()
+            for part in self.qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError, LookupError, OSError) as exc:
+            raise LoadFailed(f"a child process cannot find {self.module}.{self.qualname}: {exc}") from exc
+        if not callable(obj):
+            raise LoadFailed(f"{self.module}.{self.qualname} is not callable in the child process")
+        return obj  # type: ignore[no-any-return]
+
+    def _module(self) -> ModuleType:
+        if self.module != "__main__":
+            return importlib.import_module(self.module)
+        # Under spawn, multiprocessing already ran the parent's script again as __mp_main__.
+        main = sys.modules.get("__mp_main__")
+        if main is not None and _has_path(main, self.qualname):
+            return main
+        if self.main_path is None:
+            raise LookupError("the handler lives in __main__, which has no file a child process could import")
+        spec = importlib.util.spec_from_file_location("__mp_main__", self.main_path)
+        if spec is None or spec.loader is None:
+            raise LookupError(f"cannot import the worker script {self.main_path}")
+        main = importlib.util.module_from_spec(spec)
+        sys.modules["__mp_main__"] = main
+        spec.loader.exec_module(main)
+        return main
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """Everything a child needs, pickled once per child start."""
+
+    handler: HandlerRef
+    loader: HandlerRef | None
+    #: 0: run one task at a time inline; N: run up to N at once on threads (hybrid).
+    threads: int = 0
+    #: Thread-level timeouts inside the child (hybrid); local retries stay with the parent.
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Send the child's RSS with every answer, for the between-task memory check.
+    report_rss: bool = False
+    log_level: int = logging.INFO
+
+    @classmethod
+    def for_registry(cls, registry: Registry, **options: Any) -> ChildSpec:
+        """Record where children find the registry's functions; fails now for functions they could not find."""
+        if registry.handler is None:
+            raise HandlerNotRegistered("no task handler registered: decorate your handler function with @task")
+        handler = HandlerRef.of(registry.handler)
+        loader = None if registry.loader is None else HandlerRef.of(registry.loader)
+        for ref in (handler, loader):
+            if ref is not None and ("<locals>" in ref.qualname or (ref.module == "__main__" and ref.main_path is None)):
+                raise LoadFailed(
+                    f"{ref.module}.{ref.qualname} cannot be found by child processes: they import the worker "
+                    "module by name, so @task and @load functions must be defined at the top level of a file"
+                )
+        return cls(handler, loader, **options)
+
+
+def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> None:
+    """Entry point of a child process; never returns (exits with ``os._exit``)."""
+    os.environ[CHILD_ENV_VAR] = "1"
+    _isolate()
+    _configure_logging(spec.log_level)
+    _die_with_parent()
+    sender = _Sender(conn, spec.report_rss)
+    try:
+        registry = Registry()
+        registry.task(spec.handler.resolve())
+        if spec.loader is not None:
+            registry.load(spec.loader.resolve())
+        handler = registry.bind()
+        handler.retry_exceptions = spec.policy.retry_exceptions
+    except Exception as exc:  # noqa: BLE001 - any load failure must reach the parent, which fails start-up
+        traceback.print_exc()
+        sender.send((LOAD_FAILED, f"{exc} (in child process {os.getpid()})"))
+        _exit(1)
+    host: _Host = _InlineHost(handler, sender) if spec.threads == 0 else _ThreadHost(handler, sender, spec)
+    sender.send((READY, os.getpid()))
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            _exit(0)  # the parent is gone or closed our pipe: nobody is left to answer
+        if message[0] == STOP:
+            _exit(0)
+        _, seq, attempt, fields = message
+        host.run(seq, attempt, TaskRequest(*fields))
+
+
+def _isolate() -> None:
+    """Make the child safe to kill and unable to touch the protocol stream."""
+    # Its own session and process group: killing the group also kills its subprocesses.
+    with contextlib.suppress(OSError):
+        os.setsid()
+    # fd 1 is the Go worker's protocol stream in a parent that has not claimed it yet; a C
+    # library printing here would corrupt it, so fd 1 becomes stderr (never /dev/null:
+    # crash tracebacks must stay visible).
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+    # Requests are the parent's; a child reading fd 0 would steal protocol lines.
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    faulthandler.enable()
+
+
+def _die_with_parent() -> None:
+    """Exit, with every process of our group, when the parent dies, even in the middle of a task.
+
+    A thread waits on the parent's sentinel (a pipe the parent holds open). The kernel's
+    parent-death signal is not used: it would kill this process before the thread could
+    kill the group, and the task's subprocesses would live on. The cost: a child stuck
+    in C code that never releases the GIL outlives a parent killed with SIGKILL.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        # Take our subprocesses down too: nobody would ever reap or stop them.
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="runqy-parent-watch", daemon=True).start()
+
+
+def _configure_logging(level: int) -> None:
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"runqy[child {os.getpid()}] %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+
+
+def _exit(code: int) -> None:
+    # os._exit: interpreter shutdown would wait for abandoned attempt threads forever.
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
+
+
+class _Sender:
+    """Writes messages to the parent; one lock, because threads of a hybrid child answer concurrently."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection, report_rss: bool) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._rss: Callable[[], int] = _rss_reader() if report_rss else _no_rss
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            try:
+                self._conn.send_bytes(data)
+            except OSError:
+                _exit(0)  # the parent is gone
+
+    def done(self, seq: int, attempt: int, response: TaskResponse, abandoned: int = 0) -> None:
+        task_id, result, error, retry = response
+        message = (DONE, seq, attempt, task_id, result, error, retry, self._rss(), abandoned)
+        try:
+            data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the task still gets one answer
+            data = _failure(seq, attempt, task_id, f"result cannot be sent from the child process: {exc!r}")
+        if len(data) > _MAX_RESULT_PICKLE_BYTES:
+            size_mib = len(data) / 2**20
+            why = f"result is about {size_mib:.0f} MiB; a response line must stay under {MAX_LINE_BYTES // 2**20} MiB"
+            data = _failure(seq, attempt, task_id, why + ": store large outputs elsewhere and return a reference")
+        with self._lock:
+            try:
+                self._conn.send_bytes(data)
+            except OSError:
+                _exit(0)
+
+
+def _failure(seq: int, attempt: int, task_id: str, error: str) -> bytes:
+    return pickle.dumps((DONE, seq, attempt, task_id, None, error, False, 0, 0), pickle.HIGHEST_PROTOCOL)
+
+
+def _no_rss() -> int:
+    return 0
+
+
+def _rss_reader() -> Callable[[], int]:
+    import psutil
+
+    me = psutil.Process()
+    return lambda: int(me.memory_info().rss)
+
+
+class _Host:
+    """Runs the tasks of one child: the seam between the process and the hybrid runner."""
+
+    def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
+        raise NotImplementedError
+
+
+class _InlineHost(_Host):
+    """One task at a time in the main thread: no hand-off, and the handler may use signals."""
+
+    def __init__(self, handler: BoundHandler, sender: _Sender) -> None:
+        self._handler = handler
+        self._sender = sender
+
+    def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
+        self._sender.done(seq, attempt, self._handler.execute_blocking(request, attempt))
+
+
+class _ThreadHost(_Host):
+    """Up to ``spec.threads`` tasks at once on the thread runner's pool, which times each attempt."""
+
+    def __init__(self, handler: BoundHandler, sender: _Sender, spec: ChildSpec) -> None:
+        from runqy.runners.thread import ThreadPool  # here: a process-runner child never needs it
+
+        self._sender = sender
+        # One attempt per message: the parent owns retries, so that a retry may run in another child.
+        policy = dataclasses.replace(spec.policy, max_retries=0, retry_backoff_s=0.0)
+        self._pool = ThreadPool(handler, policy, spec.threads, name="runqy-child")
+        self._max_abandoned = spec.policy.max_abandoned_threads
+        self._retiring = False
+
+    def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
+        self._pool.submit(request, functools.partial(self._answer, seq, attempt), attempt)
+
+    def _answer(self, seq: int, attempt: int, response: TaskResponse) -> None:
+        abandoned = self._pool.engine.abandoned
+        # The request to be recycled goes first: the parent then gives this child no new
+        # task from the moment it learns of this answer.
+        if not self._retiring and abandoned > self._max_abandoned:
+            # Stuck threads cannot be stopped; only replacing this process frees them.
+            self._retiring = True
+            reason = f"{abandoned} timed-out threads still running (max_abandoned_threads={self._max_abandoned})"
+            self._sender.send((RETIRE, reason))
+        self._sender.done(seq, attempt, response, abandoned)
+
+
+def _has_path(module: ModuleType, qualname: str) -> bool:
+    obj: Any = module
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return True

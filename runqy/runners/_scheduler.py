@@ -1,0 +1,387 @@
+"""Where each task of the process runner goes and what becomes of it.
+
+The scheduler keeps the tasks (pending, waiting for a retry, running in a child) and
+decides, under one lock, what every event means for them: an answer, a child's exit,
+a deadline, a child over its memory limit. Its :class:`SupervisedEvents` methods are
+called by the supervisor thread; the runner's API calls the rest.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from runqy.attempts import RetryPolicy
+from runqy.errors import RunnerBroken, RunnerClosed, TaskTimeout, WorkerCrashed
+from runqy.protocol import TaskRequest, TaskResponse
+from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE
+from runqy.runners._children import ChildProcess, ChildState, Job
+from runqy.runners._crashes import CrashLedger
+from runqy.runners._supervisor import ChildSupervisor, Replies
+from runqy.runners.base import Reply
+
+__all__ = ["Limits", "Scheduler", "State"]
+
+log = logging.getLogger("runqy")
+
+_MIB: Final = 2**20
+
+
+class State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the runner's configuration asks of the scheduler."""
+
+    policy: RetryPolicy
+    num_processes: int
+    #: Tasks one child runs at once (1 for the process runner).
+    slots_per_child: int
+    #: When an attempt started at the given time is given up by killing its child.
+    attempt_deadline: Callable[[float], float | None]
+    max_tasks_per_child: int | None
+    max_memory_per_child_mb: int | None
+    crash_limit: int
+    crash_window_s: float
+
+
+class Scheduler:
+    """The tasks of one process runner, and the children's share of them."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.policy = limits.policy
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.state = State.NEW
+        self.supervisor: ChildSupervisor | None = None
+        self.children: list[ChildProcess] = []
+        self._crashes = CrashLedger(limits.crash_limit, limits.crash_window_s)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._retries: list[tuple[float, int, Job]] = []
+        self._seq = itertools.count(1)
+        self._start_error: str | None = None
+        self._broken: RunnerBroken | None = None
+        self._fatal_to_report: RunnerBroken | None = None
+        self._deferred: Replies = []
+
+    def attach(self, supervisor: ChildSupervisor) -> None:
+        self.supervisor = supervisor
+        self.children = supervisor.children
+        self.state = State.STARTING
+
+    def wait_started(self) -> str | None:
+        """Wait until every child is ready (then RUNNING) or start-up failed; returns the error."""
+        with self.lock:
+            self.changed.wait_for(
+                lambda: self._start_error is not None or self._ready_count() >= self.limits.num_processes
+            )
+            if self._start_error is None:
+                self.state = State.RUNNING
+            return self._start_error
+
+    def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        """Queue tasks and dispatch what idle children can take; raises RunnerClosed unless running."""
+        refused: Replies = []
+        with self.lock:
+            if self.state is not State.RUNNING:
+                raise RunnerClosed(f"{len(tasks)} task(s) submitted while the process runner is {self.state.value}")
+            for request, reply in tasks:
+                refusal = self._refusal_locked(request)
+                if refusal is None:
+                    self._pending.append(Job(request, reply))
+                else:
+                    refused.append((reply, refusal))
+            self._dispatch_locked()
+        for reply, response in refused:
+            reply(response)
+
+    def drain_and_close(self, timeout_s: float | None) -> Replies | None:
+        """Let running work finish (up to ``timeout_s``), then stop every child; None if already closed."""
+        with self.lock:
+            if self.state in (State.NEW, State.CLOSED):
+                return None
+            if self.state is State.RUNNING:
+                self.state = State.DRAINING
+                self.changed.wait_for(self._idle_locked, timeout_s)
+            return self._close_locked()
+
+    def _ready_count(self) -> int:
+        return sum(child.state is ChildState.READY for child in self.children)
+
+    def _idle_locked(self) -> bool:
+        return not self._pending and not self._retries and not any(c.inflight for c in self.children)
+
+    def _close_locked(self) -> Replies:
+        self.state = State.CLOSED
+        assert self.supervisor is not None
+        self.supervisor.closing = True
+        self.supervisor.wake()
+        jobs = [*self._pending, *(job for _, _, job in self._retries)]
+        self._pending.clear()
+        self._retries.clear()
+        for child in self.children:
+            busy = bool(child.inflight)
+            jobs += child.inflight.values()
+            child.inflight.clear()
+            if child.state is not ChildState.DOOMED:
+                child.kill("runner closed") if busy else child.stop("runner closed")
+        replies: Replies = [*self._deferred]
+        self._deferred.clear()
+        for job in jobs:
+            why = "the worker shut down before the task finished; retry it"
+            self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies)
+        return replies
+
+    # --- events from the supervisor thread (SupervisedEvents) --------------------------------
+
+    def wanted_children_locked(self) -> int:
+        if self.state is State.CLOSED or self._broken is not None or self._start_error is not None:
+            return 0
+        return self.limits.num_processes
+
+    def on_message_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
+        tag = message[0]
+        if tag == DONE:
+            _, seq, attempt, task_id, result, error, retry, rss, child.abandoned = message
+            job = child.inflight.pop(seq, None)
+            if job is None or job.attempt != attempt:
+                log.debug("dropping a late answer for task %s attempt %d from child %d", task_id, attempt, child.pid)
+                return
+            child.tasks_done += 1
+            if error is None:
+                self._crashes.forget(task_id)
+            self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies)
+            self._after_task_locked(child, rss)
+        elif tag == READY:
+            if child.state is ChildState.STARTING:
+                child.state = ChildState.READY
+                log.debug("child process %d ready in %.0f ms", child.pid, (time.monotonic() - child.started_at) * 1000)
+            self.changed.notify_all()
+        elif tag == LOAD_FAILED:
+            if self.state is State.STARTING:
+                self._start_error = self._start_error or str(message[1])
+                self.changed.notify_all()
+            else:
+                log.error("a replacement child process failed to load: %s", message[1])
+        elif tag == RETIRE:
+            self._retire_locked(child, str(message[1]))
+
+    def on_exit_locked(self, child: ChildProcess, exitcode: int | None, replies: Replies) -> None:
+        jobs = list(child.inflight.values())
+        child.inflight.clear()
+        crash = WorkerCrashed(exitcode, f"pid {child.pid}")
+        if child.stop_reason is None:
+            if self.state is State.STARTING and child.state is ChildState.STARTING:
+                self.on_child_failed_locked(f"{crash} before it was ready (its traceback is on stderr)")
+            else:
+                log.error("%s%s", crash, f" while running {len(jobs)} task(s)" if jobs else "")
+                self.on_child_failed_locked(str(crash))
+        for job in jobs:
+            self._crashed_locked(job, str(crash), replies)
+
+    def on_child_failed_locked(self, what: str) -> None:
+        """Count an unexpected child exit; too many in a short window break the runner."""
+        if self.state is State.STARTING:
+            self._start_error = self._start_error or what
+            self.changed.notify_all()
+            return
+        if not self._crashes.child_died() or self._broken is not None:
+            return
+        self._broken = self._fatal_to_report = RunnerBroken(
+            f"{self._crashes.recent} child processes died within {self._crashes.window_s:g}s (the last: {what}); "
+            "stopping instead of restarting them in a loop"
+        )
+        # Answered on the next tick: this may run where no reply list is at hand.
+        for job in [*self._pending, *(job for _, _, job in self._retries)]:
+            failure = TaskResponse.failure(job.request.task_id, str(self._broken), retry=True)
+            self._finish_locked(job, failure, self._deferred)
+        self._pending.clear()
+        self._retries.clear()
+
+    def next_due_locked(self) -> float:
+        due = self._retries[0][0] if self._retries else math.inf
+        for child in self.children:
+            for job in child.inflight.values():
+                if job.deadline is not None and job.deadline < due:
+                    due = job.deadline
+        return due
+
+    def on_tick_locked(self, now: float, replies: Replies) -> BaseException | None:
+        for child in list(self.children):
+            overdue = [job for job in child.inflight.values() if job.deadline is not None and now >= job.deadline]
+            if overdue:
+                self._timed_out_locked(child, overdue[0], replies)
+        while self._retries and self._retries[0][0] <= now:
+            self._pending.append(heapq.heappop(self._retries)[2])
+        self._dispatch_locked()
+        replies += self._deferred
+        self._deferred.clear()
+        fatal, self._fatal_to_report = self._fatal_to_report, None
+        return fatal
+
+    # --- what happens to tasks ---------------------------------------------------------------
+
+    def _after_task_locked(self, child: ChildProcess, rss: int) -> None:
+        if child.state is ChildState.RETIRING:
+            if not child.inflight:
+                child.stop(child.stop_reason or "recycled")
+        elif self.limits.max_tasks_per_child is not None and child.tasks_done >= self.limits.max_tasks_per_child:
+            self._retire_locked(
+                child, f"it ran {child.tasks_done} tasks (max_tasks_per_child={self.limits.max_tasks_per_child})"
+            )
+        elif (limit_mb := self.limits.max_memory_per_child_mb) is not None and rss > limit_mb * _MIB:
+            self._retire_locked(
+                child, f"it uses {rss / _MIB:.0f} MiB after a task (max_memory_per_child_mb={limit_mb})"
+            )
+
+    def _retire_locked(self, child: ChildProcess, reason: str) -> None:
+        """Recycle a child: no new tasks, stopped once its running ones are answered; replaced at once."""
+        if child.state in (ChildState.RETIRING, ChildState.DOOMED):
+            return
+        log.info("recycling child process %d: %s", child.pid, reason)
+        child.stop_reason = reason
+        if child.inflight:
+            child.state = ChildState.RETIRING
+        else:
+            child.stop(reason)
+
+    def _timed_out_locked(self, child: ChildProcess, job: Job, replies: Replies) -> None:
+        timeout = TaskTimeout(self.policy.task_timeout_s or 0.0, job.attempt)
+        task_id = job.request.task_id
+        log.warning("task %s: %s; killing child process %d and its process group", task_id, timeout, child.pid)
+        del child.inflight[job.seq]
+        others = list(child.inflight.values())
+        child.inflight.clear()
+        child.kill(f"task {task_id} timed out")
+        self._retry_or_finish_locked(job, TaskResponse.failure(task_id, str(timeout), retry=True), replies)
+        for other in others:
+            why = f"worker process {child.pid} was killed because another task in it timed out"
+            self._retry_or_finish_locked(other, TaskResponse.failure(other.request.task_id, why, retry=True), replies)
+
+    def _crashed_locked(self, job: Job, why: str, replies: Replies) -> None:
+        task_id = job.request.task_id
+        crashes = self._crashes.task_crashed(task_id)
+        if self._crashes.is_poison(task_id):
+            poison = f"{why}; this task has now brought down {crashes} worker processes, so it is not retried"
+            self._finish_locked(job, TaskResponse.failure(task_id, poison, retry=False), replies)
+        else:
+            self._retry_or_finish_locked(job, TaskResponse.failure(task_id, why, retry=True), replies)
+
+    def _retry_or_finish_locked(self, job: Job, response: TaskResponse, replies: Replies) -> None:
+        if not response.retry or job.attempt > self.policy.max_retries or self.state is State.CLOSED:
+            self._finish_locked(job, response, replies)
+            return
+        if self._broken is not None:
+            self._finish_locked(job, TaskResponse.failure(job.request.task_id, str(self._broken), retry=True), replies)
+            return
+        task_id = job.request.task_id
+        log.info("task %s: attempt %d failed, retrying: %s", task_id, job.attempt, _last_line(response.error))
+        delay_s = self.policy.backoff_s(job.attempt)
+        job.attempt += 1
+        job.deadline = None
+        if delay_s > 0:
+            heapq.heappush(self._retries, (time.monotonic() + delay_s, next(self._seq), job))
+            self._wake_if_sooner(self._retries[0][0])
+        else:
+            self._pending.append(job)
+
+    def _finish_locked(self, job: Job, response: TaskResponse, replies: Replies) -> None:
+        if job.done:
+            return
+        job.done = True
+        replies.append((job.reply, response))
+        self.changed.notify_all()
+
+    def _refusal_locked(self, request: TaskRequest) -> TaskResponse | None:
+        if self._broken is not None:
+            return TaskResponse.failure(request.task_id, str(self._broken), retry=True)
+        if self._crashes.is_poison(request.task_id):
+            why = f"this task already brought down {self._crashes.of_task(request.task_id)} worker processes"
+            return TaskResponse.failure(request.task_id, f"{why}; it is not run again", retry=False)
+        return None
+
+    def _dispatch_locked(self) -> None:
+        slots = self.limits.slots_per_child
+        while self._pending:
+            best: ChildProcess | None = None
+            for child in self.children:
+                load = len(child.inflight)
+                if child.state is ChildState.READY and load < slots and (best is None or load < len(best.inflight)):
+                    best = child
+            if best is None:
+                return
+            job = self._pending.popleft()
+            job.seq = next(self._seq)
+            job.deadline = self.limits.attempt_deadline(time.monotonic())
+            best.inflight[job.seq] = job
+            if not best.send_task(job):
+                # Its pipe is closed: the child is dying, and the supervisor will see its exit.
+                del best.inflight[job.seq]
+                best.state = ChildState.DOOMED
+                self._pending.appendleft(job)
+            elif job.deadline is not None:
+                self._wake_if_sooner(job.deadline)
+
+    def _wake_if_sooner(self, due: float) -> None:
+        if self.supervisor is not None and due < self.supervisor.wake_at:
+            self.supervisor.wake()
+
+    # --- memory ------------------------------------------------------------------------------
+
+    def memory_watched(self) -> list[ChildProcess]:
+        with self.lock:
+            return [c for c in self.children if c.state in (ChildState.READY, ChildState.RETIRING)]
+
+    def over_memory(self, child: ChildProcess, rss: int) -> None:
+        """Called by the memory monitor: recycle an idle child; kill a busy one (its tasks fail).
+
+        A busy child is killed when it is seen over the limit twice in a row while the
+        same task runs: a task that only peaks for a moment and finishes is not failed
+        for it (its child is recycled after it instead).
+        """
+        replies: Replies = []
+        with self.lock:
+            if child.state not in (ChildState.READY, ChildState.RETIRING):
+                return
+            what = (
+                f"worker process {child.pid} used {rss / _MIB:.0f} MiB with its subprocesses "
+                f"(max_memory_per_child_mb={self.limits.max_memory_per_child_mb})"
+            )
+            running = set(child.inflight)
+            suspects, child.memory_suspects = child.memory_suspects, running
+            if not child.inflight:
+                self._retire_locked(child, what)
+            elif not running & suspects:
+                return  # the first sighting: look again on the next check
+            else:
+                log.warning("%s while running: killing it before the kernel's OOM killer does", what)
+                jobs = list(child.inflight.values())
+                child.inflight.clear()
+                child.kill(what)
+                for job in jobs:
+                    self._crashed_locked(job, f"task stopped: {what}", replies)
+        for reply, response in replies:
+            reply(response)
+        if self.supervisor is not None:
+            self.supervisor.wake()
+
+
+def _last_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else ""

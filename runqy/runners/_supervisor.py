@@ -1,0 +1,224 @@
+"""The supervisor thread of the process runner: keeps children alive and turns what they do into events.
+
+It owns the children's lifecycle (spawn, read, notice exits, escalate kills) and
+nothing about tasks: what a message, an exit or a deadline means for a task is
+decided by the runner, through :class:`SupervisedEvents`, always under the runner's
+lock and always on this one thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import pickle
+import selectors
+import signal
+import threading
+import time
+from collections.abc import Callable
+from multiprocessing.context import BaseContext
+from typing import Any, Final, Protocol
+
+from runqy.protocol import TaskResponse
+from runqy.runners._child import ChildSpec
+from runqy.runners._children import ChildProcess
+from runqy.runners.base import Reply
+
+__all__ = ["ChildSupervisor", "Replies", "SupervisedEvents"]
+
+log = logging.getLogger("runqy")
+
+#: The supervisor wakes at least this often to notice children whose exit it could not see.
+_TICK_S: Final = 1.0
+
+#: Replies collected under the lock and sent after releasing it.
+Replies = list[tuple[Reply, TaskResponse]]
+
+
+class SupervisedEvents(Protocol):
+    """What the runner does with the supervisor's events; every method is called with the lock held."""
+
+    def wanted_children_locked(self) -> int:
+        """How many starting or ready children there should be now (0 once closed or broken)."""
+
+    def on_message_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
+        """A message from a child (see the tags in ``_child``)."""
+
+    def on_exit_locked(self, child: ChildProcess, exitcode: int | None, replies: Replies) -> None:
+        """A child exited and was reaped; its in-flight jobs are still in ``child.inflight``."""
+
+    def on_child_failed_locked(self, what: str) -> None:
+        """A child could not be started, or died unexpectedly."""
+
+    def next_due_locked(self) -> float:
+        """The next deadline of the runner (monotonic seconds), or ``math.inf``."""
+
+    def on_tick_locked(self, now: float, replies: Replies) -> BaseException | None:
+        """Handle what is due, dispatch; returns a fatal error to report, if one arose."""
+
+
+class ChildSupervisor:
+    """Runs the select loop over every child's pipe and exit sentinel, plus a wake-up pipe."""
+
+    def __init__(
+        self,
+        ctx: BaseContext,
+        spec: ChildSpec,
+        lock: threading.Lock,
+        events: SupervisedEvents,
+        report_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self._ctx = ctx
+        self._report_fatal = report_fatal
+        self._spec = spec
+        self._lock = lock
+        self._events = events
+        #: Every child not yet reaped; read and changed under the lock.
+        self.children: list[ChildProcess] = []
+        #: Set under the lock by the runner; the loop ends once no child is left.
+        self.closing = False
+        #: When the loop will wake up by itself; an earlier deadline must call :meth:`wake`.
+        self.wake_at = 0.0
+        self._next_liveness_check = time.monotonic() + _TICK_S
+        self._selector = selectors.DefaultSelector()
+        self._watched: set[ChildProcess] = set()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        # Children are started by this thread only, so that one thread owns their lifecycle.
+        self._thread = threading.Thread(target=self._run, name="runqy-supervisor", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        # OSError: the pipe is full (a wake-up is pending anyway) or closed (the loop is over).
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def join(self, timeout_s: float) -> None:
+        """Wait for the loop to end (after ``closing``), then release the wake-up pipe."""
+        self.wake()
+        self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            self._selector.close()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+
+    def kill_all(self) -> None:
+        """SIGKILL every child's process group: the last resort, at interpreter exit or after close."""
+        for child in list(self.children):
+            child.signal_group(signal.SIGKILL)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._spawn_missing()
+            replies: Replies = []
+            with self._lock:
+                if self.closing and not self.children:
+                    return
+                self._watch_new_locked()
+                timeout_s = self._next_due_locked()
+            events = self._selector.select(timeout_s)
+            with self._lock:
+                for key, _ in events:
+                    if key.data is None:
+                        self._drain_wake()
+                        continue
+                    child, is_sentinel = key.data
+                    if child in self._watched and (is_sentinel or not self._read_locked(child, replies)):
+                        self._exited_locked(child, replies)
+                now = time.monotonic()
+                self._escalate_locked(now, replies)
+                fatal = self._events.on_tick_locked(now, replies)
+            _send(replies)
+            if fatal is not None:
+                self._report_fatal(fatal)
+
+    def _spawn_missing(self) -> None:
+        with self._lock:
+            if self.closing:
+                return
+            alive = sum(child.accepts_work_soon for child in self.children)
+            missing = self._events.wanted_children_locked() - alive
+        for _ in range(missing):
+            try:
+                child = ChildProcess(self._ctx, self._spec, "runqy-child")
+            except Exception as exc:  # noqa: BLE001 - fork failures, pickling, multiprocessing's own checks
+                log.error("cannot start a child process: %s", exc)
+                with self._lock:
+                    self._events.on_child_failed_locked(f"cannot start a child process: {exc}")
+                return
+            with self._lock:
+                self.children.append(child)
+                if self.closing:
+                    # The runner closed while this child was being started: nobody will stop it.
+                    child.kill("runner closed")
+
+    def _watch_new_locked(self) -> None:
+        for child in self.children:
+            if child not in self._watched:
+                self._watched.add(child)
+                self._selector.register(child.conn.fileno(), selectors.EVENT_READ, (child, False))
+                self._selector.register(child.sentinel, selectors.EVENT_READ, (child, True))
+
+    def _next_due_locked(self) -> float:
+        now = time.monotonic()
+        due = min(now + _TICK_S, self._events.next_due_locked())
+        for child in self.children:
+            if child.kill_at is not None:
+                due = min(due, child.kill_at)
+        self.wake_at = due
+        return max(0.0, due - now) if due < math.inf else _TICK_S
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+    def _read_locked(self, child: ChildProcess, replies: Replies) -> bool:
+        """Handle one message from the child's pipe (select reports the next); False when the pipe is closed."""
+        try:
+            message = pickle.loads(child.conn.recv_bytes())
+        except (EOFError, OSError):
+            return False
+        self._events.on_message_locked(child, message, replies)
+        return True
+
+    def _exited_locked(self, child: ChildProcess, replies: Replies) -> None:
+        while child.conn.poll() and self._read_locked(child, replies):
+            pass  # answers it sent before dying still count
+        # Kill what is left of its group (its subprocesses) while the child is unreaped,
+        # so that its pid, which names the group, cannot have been reused yet.
+        child.signal_group(signal.SIGKILL)
+        code = child.exitcode(wait_s=1.0)
+        self.children.remove(child)
+        if child in self._watched:
+            self._watched.discard(child)
+            self._selector.unregister(child.conn.fileno())
+            self._selector.unregister(child.sentinel)
+        self._events.on_exit_locked(child, code, replies)
+        child.release()
+
+    def _escalate_locked(self, now: float, replies: Replies) -> None:
+        check_liveness = now >= self._next_liveness_check
+        if check_liveness:
+            self._next_liveness_check = now + _TICK_S
+        for child in list(self.children):
+            if child.kill_at is not None and now >= child.kill_at:
+                child.kill_at = None
+                child.signal_group(signal.SIGKILL)
+            elif check_liveness and child.process.exitcode is not None:
+                # Its exit went unseen (a forked grandchild may hold the pipe and sentinel open).
+                self._exited_locked(child, replies)
+
+
+def _send(replies: Replies) -> None:
+    # Outside the lock: a reply callback may take its own locks or be slow.
+    for reply, response in replies:
+        reply(response)
