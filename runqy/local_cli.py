@@ -101,6 +101,7 @@ def _cmd_local(args: argparse.Namespace) -> int:
             args.target, *settings_arguments(args), on_stderr_line=_stderr_sink(args, progress)
         ) as worker:
             worker.wait_ready(args.startup_timeout_s)
+            progress.begin()
             started = time.perf_counter()
             for outcome in worker.run(requests, args.concurrency, deadline_s=args.deadline_s):
                 summary.add(outcome)

@@ -36,6 +36,10 @@ class Progress:
         # The worker's stderr lines arrive on another thread; they and the bar share the terminal.
         self._lock = threading.Lock()
 
+    def begin(self) -> None:
+        """Start the clock: rates and the half-second delay count from here (after the worker's start-up)."""
+        self._started = time.perf_counter()
+
     def update(self, summary: RunSummary) -> None:
         """Redraw from the counts so far, if it is time to."""
         if not self.enabled:
