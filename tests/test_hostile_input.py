@@ -73,6 +73,22 @@ CORPUS: list[tuple[str, bytes, int, str | None]] = [
 ]
 
 
+#: Lines that are no valid request, or whose result cannot be sent: each must be answered with an error.
+MUST_FAIL = {
+    "not json", "truncated object", "unclosed string", "trailing garbage", "two objects on one line",
+    "top-level array", "top-level string", "top-level number", "top-level null", "top-level true",
+    "missing task_id", "task_id null", "task_id number", "task_id list", "task_id object",
+    "retry_count string", "retry_count float", "retry_count boolean", "type number", "queue object",
+    "NaN payload", "infinite number", "invalid UTF-8 outside strings", "byte order mark", "NUL byte alone",
+    "raw NUL byte in a string", "20 MiB payload echoed back",
+}  # fmt: skip
+#: Odd but valid requests: the handler runs and its echo comes back.
+MUST_SUCCEED = {
+    "400-digit integer", "escaped NUL in payload", "CRLF line ending", "unicode task id",
+    "quotes and newline escapes in task id", "1 MiB task id", "100k-key object",
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module", params=runner_params())
 def worker(request: pytest.FixtureRequest) -> Iterator[LocalWorker]:
     env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": request.param}
@@ -81,14 +97,15 @@ def worker(request: pytest.FixtureRequest) -> Iterator[LocalWorker]:
         yield started
 
 
-def test_the_corpus_is_large_enough() -> None:
+def test_the_corpus_is_large_enough_and_its_expectations_name_real_lines() -> None:
     assert len(CORPUS) >= 30
+    assert {name for name, *_ in CORPUS} >= (MUST_FAIL | MUST_SUCCEED)
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize(("line", "answers", "task_id"), [pytest.param(*c[1:], id=c[0]) for c in CORPUS])
+@pytest.mark.parametrize(("name", "line", "answers", "task_id"), [pytest.param(*c, id=c[0]) for c in CORPUS])
 def test_each_hostile_line_gets_exactly_one_answer_and_the_worker_keeps_serving(
-    worker: LocalWorker, line: bytes, answers: int, task_id: str | None
+    worker: LocalWorker, name: str, line: bytes, answers: int, task_id: str | None
 ) -> None:
     before = len(worker.unmatched_responses)
     worker.send_line(line + b"\n")
@@ -104,5 +121,10 @@ def test_each_hostile_line_gets_exactly_one_answer_and_the_worker_keeps_serving(
         assert new[0]["task_id"] == task_id
     for response in new:
         assert set(response) == {"task_id", "result", "error", "retry"}
+        if name in MUST_FAIL:
+            assert isinstance(response["error"], str) and response["error"], response
+            assert response["retry"] is False
+        if name in MUST_SUCCEED:
+            assert response["error"] is None, response["error"]
     assert worker.garbage_lines == [], worker.violations
     assert worker.process.poll() is None
