@@ -12,6 +12,7 @@ medians. The target is a ratio of at least 1.5.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +80,7 @@ def stream(script: Path, lines: bytes, count: int, env: dict[str, str]) -> float
     assert process.stdin is not None and process.stdout is not None
     assert b"ready" in process.stdout.readline()
     stdin = process.stdin
+    stdout = typing.cast(io.BufferedReader, process.stdout)  # a pipe opened unbuffered=False: has read1
 
     def write_all() -> None:
         stdin.write(lines)
@@ -88,7 +91,7 @@ def stream(script: Path, lines: bytes, count: int, env: dict[str, str]) -> float
     writer.start()
     answered = 0
     while answered < count:
-        chunk = process.stdout.read1(1 << 20)
+        chunk = stdout.read1(1 << 20)
         if not chunk:
             raise RuntimeError(f"worker stopped after {answered} of {count} responses")
         answered += chunk.count(b"\n")

@@ -55,15 +55,8 @@ def check_outcome(outcome: Outcome, runner: str) -> None:
 @pytest.mark.timeout(300 * SCALE)
 @pytest.mark.parametrize("runner", runner_params("process", "hybrid"))
 def test_ten_thousand_tasks_with_crashes_hangs_raises_and_fd1_noise_are_each_answered_once(
-    runner: str, request: pytest.FixtureRequest
+    runner: str,
 ) -> None:
-    request.applymarker(
-        pytest.mark.xfail(
-            strict=True,
-            reason="the process runner treats 5 child deaths within 10 s as a crash loop and exits, "
-            "so 1% crashing tasks at this rate stop the worker; passes once the crash-loop rule allows it",
-        )
-    )
     requests = mixed_requests(10_000 * SCALE)
     env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": runner, "RUNQY_TASK_TIMEOUT_S": "0.3", "RUNQY_LOG_LEVEL": "WARNING"}
     with LocalWorker([sys.executable, str(WORKER)], env=env) as worker:

@@ -154,6 +154,16 @@ def test_a_crash_loop_reports_a_fatal_error_instead_of_spinning() -> None:
         assert refused.retry is True and "died within" in (refused.error or "")
 
 
+def test_crashes_between_answered_tasks_are_not_a_crash_loop() -> None:
+    fatal: list[BaseException] = []
+    with started(crash_limit=3, crash_window_s=60) as runner:
+        runner.on_fatal = fatal.append
+        for _ in range(5):
+            assert "exited with code 1" in (runner.run_task(request("exit")).error or "")
+            assert runner.run_task(request("echo")).error is None
+    assert fatal == []
+
+
 def test_close_stops_every_child() -> None:
     with started(num_processes=2) as runner:
         pids = runner.child_pids

@@ -18,7 +18,8 @@ class CrashLedger:
     """Counts child deaths per task id and in a sliding time window."""
 
     def __init__(self, limit: int, window_s: float) -> None:
-        #: This many unexpected child deaths within ``window_s`` seconds are a crash loop.
+        #: This many unexpected child deaths within ``window_s`` seconds, with no task answered
+        #: in between, are a crash loop.
         self.limit = limit
         self.window_s = window_s
         self._deaths: collections.deque[float] = collections.deque()
@@ -43,8 +44,16 @@ class CrashLedger:
         """The task succeeded: whatever killed children before was not the task."""
         self._by_task.pop(task_id, None)
 
+    def made_progress(self) -> None:
+        """A child answered a task: deaths before it do not count towards a crash loop.
+
+        A loop is children dying without getting work done; a steady share of crashing
+        tasks among tasks that are answered is the poison rule's business, not a loop.
+        """
+        self._deaths.clear()
+
     def child_died(self) -> bool:
-        """Count an unexpected child death; True when that makes a crash loop."""
+        """Count an unexpected child death; True when that makes a crash loop (no task answered between)."""
         now = time.monotonic()
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > self.window_s:

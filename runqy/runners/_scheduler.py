@@ -164,6 +164,7 @@ class Scheduler:
                 log.debug("dropping a late answer for task %s attempt %d from child %d", task_id, attempt, child.pid)
                 return
             child.tasks_done += 1
+            self._crashes.made_progress()
             if error is None:
                 self._crashes.forget(task_id)
             self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies)
@@ -204,7 +205,8 @@ class Scheduler:
         if not self._crashes.child_died() or self._broken is not None:
             return
         self._broken = self._fatal_to_report = RunnerBroken(
-            f"{self._crashes.recent} child processes died within {self._crashes.window_s:g}s (the last: {what}); "
+            f"{self._crashes.recent} child processes died within {self._crashes.window_s:g}s without answering "
+            f"a task in between (the last: {what}); "
             "stopping instead of restarting them in a loop"
         )
         # Answered on the next tick: this may run where no reply list is at hand.

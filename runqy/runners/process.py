@@ -97,7 +97,8 @@ class PersistentProcessRunner(Runner):
         self.start_method = start_method
         self.max_tasks_per_child = max_tasks_per_child
         self.max_memory_per_child_mb = max_memory_per_child_mb
-        #: ``crash_limit`` unexpected child exits within ``crash_window_s`` seconds break the runner.
+        #: ``crash_limit`` unexpected child exits within ``crash_window_s`` seconds, with no task answered
+        #: in between, break the runner.
         self.crash_limit = crash_limit
         self.crash_window_s = crash_window_s
         # An explicit context: the start method of the user's own multiprocessing stays untouched.
