@@ -24,8 +24,8 @@ import time
 import typing
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BASELINE_DIR = ROOT / ".bench" / "runqy-python-0.2.2"
+from suite import BASELINE_DIR, install_baseline  # the same pinned baseline, in the same place
+
 WORKER = """
 from {module} import task, run
 
@@ -35,24 +35,6 @@ def handle(payload):
 
 run()
 """
-
-
-def install_baseline() -> None:
-    if not (BASELINE_DIR / "runqy_python").is_dir():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--no-deps",
-                "--target",
-                str(BASELINE_DIR),
-                "runqy-python==0.2.2",
-            ],
-            check=True,
-        )
 
 
 def request_lines(count: int) -> bytes:
