@@ -31,13 +31,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, TextIO
+from typing import Any, Final
 
 from runqy.errors import RunqyError
 from runqy.local_lines import MAX_STDERR_LINE_BYTES, judge_stdout_line, oversized, pump_lines
 from runqy.local_stats import Outcome, RunSummary
 
-__all__ = ["LocalWorker", "Outcome", "Pending", "RunSummary", "WorkerStartFailed", "forward_stderr", "make_request"]
+__all__ = ["LocalWorker", "Outcome", "Pending", "RunSummary", "WorkerStartFailed", "make_request"]
 
 #: The Go worker waits this long for the ready line by default.
 DEFAULT_STARTUP_TIMEOUT_S: Final = 60.0
@@ -436,12 +436,3 @@ class LocalWorker:
         if line is None:
             raise TimeoutError(f"the worker closed stderr without a line containing {text!r}")
         return line
-
-
-def forward_stderr(sink: TextIO = sys.stderr) -> Callable[[str], None]:
-    """A stderr callback that prefixes the worker's lines, as the Go worker's log does."""
-
-    def forward(line: str) -> None:
-        print(f"[worker] {line}", file=sink, flush=True)
-
-    return forward
