@@ -136,30 +136,31 @@ class AttemptEngine:
         attempt = first_attempt
         while True:
             try:
-                response = self._attempt(request, attempt, reply)
+                # The common case, a plain function with no time limit, is called directly.
+                response = (
+                    self.handler.execute(request, attempt)
+                    if self._untimed_sync
+                    else self._attempt(request, attempt, reply)
+                )
             except Exception as exc:  # a failure of runqy's own (the event loop closed): still an answer
                 log.exception("task %s: attempt %d could not run", request.task_id, attempt)
                 response = failure_response(request, exc)
             if response is None:
                 return False
-            if self._settle(request, reply, attempt, response):
+            if not response.retry or attempt > self.policy.max_retries:  # final: success, or no retry left
+                reply(response)
                 return True
+            self._back_off(request, attempt, response)
             attempt += 1
 
-    def _settle(self, request: TaskRequest, reply: Reply, attempt: int, response: TaskResponse) -> bool:
-        """Reply if ``response`` is final; else wait out the backoff and return False."""
-        if not response.retry or attempt > self.policy.max_retries:
-            reply(response)
-            return True
+    def _back_off(self, request: TaskRequest, attempt: int, response: TaskResponse) -> None:
+        """Before retrying a failed attempt: say so, and wait out the backoff."""
         log.info("task %s: attempt %d failed, retrying: %s", request.task_id, attempt, _summary(response.error))
         if self.policy.retry_backoff_s > 0:
             time.sleep(self.policy.backoff_s(attempt))
-        return False
 
     def _attempt(self, request: TaskRequest, number: int, reply: Reply) -> TaskResponse | None:
-        """One attempt's response, or None when the watchdog gave up on it meanwhile."""
-        if self._untimed_sync:
-            return self.handler.execute(request, number)
+        """One timed or ``async`` attempt's response, or None when the watchdog gave up on it meanwhile."""
         timeout_s = self.policy.task_timeout_s
         if self.handler.is_async:
             return self._attempt_async(request, number, timeout_s)
@@ -232,8 +233,10 @@ class AttemptEngine:
 
     def _resume(self, attempt: _Attempt, response: TaskResponse) -> bool:
         """The rest of a task after its attempt timed out: reply, or back off and retry here."""
-        if self._settle(attempt.request, attempt.reply, attempt.number, response):
+        if not response.retry or attempt.number > self.policy.max_retries:  # as in run()
+            attempt.reply(response)
             return True
+        self._back_off(attempt.request, attempt.number, response)
         return self.run(attempt.request, attempt.reply, attempt.number + 1)
 
     def close(self) -> None:

@@ -12,11 +12,13 @@ returns the process exit code.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable
+from functools import partial
 from types import FrameType
 from typing import Final
 
@@ -29,8 +31,9 @@ __all__ = ["InFlight", "Server", "StopReason"]
 log = logging.getLogger("runqy")
 
 _READ_CHUNK_BYTES: Final = 1 << 16
-#: Requests held beyond the runner's capacity before the reader waits. The Go worker
-#: never sends more than its concurrency, so this only bounds a misbehaving driver.
+#: Requests held beyond the runner's capacity before the reader stops reading (it may
+#: exceed this by one chunk's lines). The Go worker never sends more than its
+#: concurrency, so this only bounds a driver that streams without waiting for answers.
 _MAX_QUEUED: Final = 10_000
 
 
@@ -41,23 +44,11 @@ class StopReason(enum.Enum):
     ONE_SHOT = "one-shot task answered"
 
 
-class _Ticket:
-    """One accepted request; calling it with the response answers the request."""
-
-    __slots__ = ("inflight", "request")
-
-    def __init__(self, inflight: InFlight, request: TaskRequest) -> None:
-        self.inflight = inflight
-        self.request = request
-
-    def __call__(self, response: TaskResponse) -> None:
-        self.inflight.answer(self, response)
-
-
 class InFlight:
     """Every accepted task until it is answered: the single place that guarantees exactly one answer.
 
-    Answering claims a ticket by removing it from ``_open`` with ``dict.pop``, which is
+    Each accepted task gets a key, and its reply is ``answer`` bound to that key.
+    Answering claims the key by removing it from ``_open`` with ``dict.pop``, which is
     atomic, so the hot path takes no lock: a lock shared by the reader and the handler
     threads made them queue behind each other on every task.
     """
@@ -65,38 +56,51 @@ class InFlight:
     def __init__(self, channel: ProtocolChannel, limit: int) -> None:
         self._channel = channel
         self._limit = limit
-        self._open: dict[_Ticket, bool] = {}
+        self._resume_at = limit // 2
+        self._open: dict[int, TaskRequest] = {}
+        self._keys = itertools.count()
         self._closed = False
         # Only for the rare waits: the reader when too many are open, shutdown until idle.
         self._changed = threading.Condition()
         self._reader_waiting = False
 
-    def admit(self, request: TaskRequest) -> _Ticket | None:
-        """Accept a request, waiting while too many are open; None once shutdown began."""
-        if len(self._open) >= self._limit:
-            self._wait_for_room()
-        ticket = _Ticket(self, request)
-        self._open[ticket] = True
-        if self._closed and self._open.pop(ticket, None) is not None:
+    def admit(self, request: TaskRequest) -> Reply | None:
+        """Accept a request and return its reply; None once shutdown began."""
+        key = next(self._keys)
+        self._open[key] = request
+        if self._closed and self._open.pop(key, None) is not None:
             return None  # shutdown began meanwhile: the caller refuses the request
-        return ticket
+        # A partial, not a closure or an object with __call__: it calls answer() from C.
+        return partial(self.answer, key)
 
-    def _wait_for_room(self) -> None:
+    def __len__(self) -> int:
+        """Tasks accepted and not answered yet."""
+        return len(self._open)
+
+    def wait_for_room(self) -> None:
+        """Wait while ``limit`` or more tasks are open, until no more than half as many are.
+
+        The reader calls this before reading more, so a driver that sends too much
+        blocks on a full pipe. Waiting for half, not for one, lets the reader take a
+        long run of requests per wake-up instead of waking on every answer.
+        """
+        if len(self._open) < self._limit:
+            return
         with self._changed:
             self._reader_waiting = True
             # The timeout covers a notification that raced with setting the flag.
-            while len(self._open) >= self._limit and not self._closed:
+            while len(self._open) > self._resume_at and not self._closed:
                 self._changed.wait(0.05)
             self._reader_waiting = False
 
-    def answer(self, ticket: _Ticket, response: TaskResponse) -> None:
-        """Send the response for a ticket, unless it was already answered (a late reply after a give-up)."""
+    def answer(self, key: int, response: TaskResponse) -> None:
+        """Send the response for an accepted task, unless it was already answered (a late reply after a give-up)."""
         line = encode_response(response)
-        if self._open.pop(ticket, None) is None:
-            log.debug("dropping a late response for task %s", ticket.request.task_id)
+        if self._open.pop(key, None) is None:
+            log.debug("dropping a late response for task %s", response.task_id)
             return
         self._channel.send(line)
-        if not self._open or self._reader_waiting:
+        if not self._open or (self._reader_waiting and len(self._open) <= self._resume_at):
             with self._changed:
                 self._changed.notify_all()
 
@@ -113,10 +117,10 @@ class InFlight:
 
     def give_up(self, why: str) -> int:
         """Answer every open task with a retryable error; returns how many there were."""
-        tickets = list(self._open)
-        for ticket in tickets:
-            self.answer(ticket, TaskResponse.failure(ticket.request.task_id, why, retry=True))
-        return len(tickets)
+        unanswered = list(self._open.items())
+        for key, request in unanswered:
+            self.answer(key, TaskResponse.failure(request.task_id, why, retry=True))
+        return len(unanswered)
 
 
 class Server:
@@ -164,53 +168,56 @@ class Server:
 
     def _read(self, fd: int) -> None:
         pending = b""
+        accept = self._accept
         while True:
+            self.inflight.wait_for_room()
             try:
                 chunk = os.read(fd, _READ_CHUNK_BYTES)
             except OSError as exc:
                 log.error("cannot read stdin: %s", exc)
                 chunk = b""
             if not chunk:
-                self._submit(self._accept(pending))  # a last line without its newline is still a request
+                last = accept(pending)  # a last line without its newline is still a request
+                self._submit([last] if last is not None else [])
                 self._stop_with(StopReason.EOF)
                 return
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             if self.one_shot:
                 for line in lines:
-                    if self._submit(self._accept(line)):
+                    if (task := accept(line)) is not None:
+                        self._submit([task])
                         self._stop_with(StopReason.ONE_SHOT)
                         return
             else:
                 # All the requests of a chunk go to the runner in one hand-off.
-                self._submit([task for line in lines for task in self._accept(line)])
+                self._submit([task for line in lines if (task := accept(line)) is not None])
 
-    def _accept(self, line: bytes) -> list[tuple[TaskRequest, Reply]]:
-        """Parse and admit one line: the accepted task, or nothing when the line was answered or blank."""
-        if not line.strip():
-            return []
+    def _accept(self, line: bytes) -> tuple[TaskRequest, Reply] | None:
+        """Parse and admit one line: the accepted task, or None when the line was answered or blank."""
         try:
             request = parse_request(line)
         except ProtocolError as exc:
+            if not line.strip():
+                return None  # blank lines are allowed; checked only here, where they are rare
             log.warning("%s", exc)
             self.channel.send(encode_response(TaskResponse.failure(exc.task_id, str(exc))))
-            return []
-        ticket = self.inflight.admit(request)
-        if ticket is None:
+            return None
+        reply = self.inflight.admit(request)
+        if reply is None:
             why = "worker is shutting down and accepts no new tasks; retry it on another worker"
             self.channel.send(encode_response(TaskResponse.failure(request.task_id, why, retry=True)))
-            return []
-        return [(request, ticket)]
+            return None
+        return request, reply
 
-    def _submit(self, tasks: list[tuple[TaskRequest, Reply]]) -> bool:
+    def _submit(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         if not tasks:
-            return False
+            return
         try:
             self.runner.submit_many(tasks)
         except Exception as exc:  # noqa: BLE001 - a runner that cannot take tasks must still answer them
             for request, reply in tasks:
                 reply(TaskResponse.failure(request.task_id, f"runner rejected the task: {exc}", retry=True))
-        return True
 
     # --- stopping ----------------------------------------------------------------------------
 

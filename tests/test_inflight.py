@@ -1,0 +1,88 @@
+"""InFlight: one answer per accepted task, and a reader held back while too many are open."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse
+from runqy.serve import InFlight
+
+
+@pytest.fixture
+def channel() -> Iterator[tuple[ProtocolChannel, int]]:
+    """A channel writing into a real pipe, and the pipe's read end."""
+    read_fd, write_fd = os.pipe()
+    channel = ProtocolChannel(write_fd)
+    yield channel, read_fd
+    channel.close(5)
+    os.close(read_fd)
+    os.close(write_fd)
+
+
+def read_lines(fd: int, count: int) -> list[bytes]:
+    data = b""
+    while data.count(b"\n") < count:
+        data += os.read(fd, 1 << 16)
+    return data.splitlines()
+
+
+def test_a_late_second_answer_is_dropped(channel: tuple[ProtocolChannel, int]) -> None:
+    pipe, read_fd = channel
+    inflight = InFlight(pipe, limit=10)
+    reply = inflight.admit(TaskRequest("t1"))
+    assert reply is not None
+    assert inflight.give_up("worker is stopping") == 1
+    reply(TaskResponse("t1", "late result"))  # the handler finished after the give-up
+    reply2 = inflight.admit(TaskRequest("t2"))
+    assert reply2 is not None
+    reply2(TaskResponse("t2", "ok"))
+    lines = read_lines(read_fd, 2)
+    assert [line.split(b",")[0] for line in lines] == [b'{"task_id":"t1"', b'{"task_id":"t2"']
+    assert b"worker is stopping" in lines[0] and b"late result" not in b"".join(lines)
+
+
+def test_the_reader_waits_at_the_limit_until_half_are_answered(channel: tuple[ProtocolChannel, int]) -> None:
+    pipe, _ = channel
+    inflight = InFlight(pipe, limit=4)
+    replies = [inflight.admit(TaskRequest(f"t{i}")) for i in range(4)]
+    open_when_resumed: list[int] = []
+
+    def read_more() -> None:
+        inflight.wait_for_room()
+        open_when_resumed.append(len(inflight))
+
+    reader = threading.Thread(target=read_more)
+    reader.start()
+    for i, reply in enumerate(replies):
+        assert reply is not None
+        reply(TaskResponse(f"t{i}"))
+    reader.join(10)
+    assert not reader.is_alive()
+    # It may only go on once no more than half the limit is open, whenever it woke up.
+    assert open_when_resumed[0] <= 2
+
+
+def test_below_the_limit_the_reader_does_not_wait(channel: tuple[ProtocolChannel, int]) -> None:
+    pipe, _ = channel
+    inflight = InFlight(pipe, limit=4)
+    for i in range(3):
+        inflight.admit(TaskRequest(f"t{i}"))
+    inflight.wait_for_room()  # returns at once: three open, the limit is four
+    assert len(inflight) == 3
+
+
+def test_shutdown_releases_a_waiting_reader_and_refuses_new_tasks(channel: tuple[ProtocolChannel, int]) -> None:
+    pipe, _ = channel
+    inflight = InFlight(pipe, limit=2)
+    for i in range(2):
+        inflight.admit(TaskRequest(f"t{i}"))
+    reader = threading.Thread(target=inflight.wait_for_room)
+    reader.start()
+    inflight.close()
+    reader.join(10)
+    assert not reader.is_alive()
+    assert inflight.admit(TaskRequest("late")) is None
