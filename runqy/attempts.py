@@ -123,6 +123,11 @@ class AttemptEngine:
             self._watchdog = _Watchdog(self, policy.task_timeout_s)
 
     @property
+    def untimed(self) -> bool:
+        """Attempts are plain calls in the calling thread, with no time limit: none is ever abandoned."""
+        return self._untimed_sync
+
+    @property
     def abandoned(self) -> int:
         """Timed-out attempts whose threads are still running."""
         return self._abandoned

@@ -16,7 +16,7 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Final, NamedTuple
 
@@ -110,16 +110,16 @@ _OPTIONAL_FIELDS: Final = (
     ("retry_count", int, "an integer"),
     ("max_retry", int, "an integer"),
 )
-_EXPECTED_TYPES: Final = tuple(expected_type for _, expected_type, _ in _OPTIONAL_FIELDS)
 
 
 # Build the named tuples above from one tuple entirely in C: ``_make`` and ``__new__`` are
 # Python functions, and a Python call is a noticeable part of a no-op task (hot path).
-_new_request: Final[Callable[[tuple[Any, ...]], TaskRequest]] = partial(tuple.__new__, TaskRequest)
+_new_request: Final[Callable[[Iterable[Any]], TaskRequest]] = partial(tuple.__new__, TaskRequest)
 new_response: Final[Callable[[tuple[Any, ...]], TaskResponse]] = partial(tuple.__new__, TaskResponse)
 
 
 _from_json: Callable[[bytes], Any] | None = None
+_validate_json: Callable[[bytes], dict[str, Any]] | None = None
 
 
 def _json_parser() -> Callable[[bytes], Any]:
@@ -132,6 +132,32 @@ def _json_parser() -> Callable[[bytes], Any]:
     return from_json
 
 
+def _request_validator() -> Callable[[bytes], dict[str, Any]]:
+    """A pydantic-core validator that parses a request and checks its field types in one pass.
+
+    Built on first use, like the parser. Its dict holds the fields in
+    :class:`TaskRequest` order with the defaults filled in. It is strict, so it accepts
+    exactly what :func:`_parse_checked` accepts; only a line it rejects pays for the
+    second parse that says what is wrong.
+    """
+    global _validate_json
+    from pydantic_core import SchemaValidator, core_schema
+
+    kinds = {str: core_schema.str_schema(strict=True), int: core_schema.int_schema(strict=True)}
+
+    def optional(schema: core_schema.CoreSchema, default: Any) -> core_schema.TypedDictField:
+        return core_schema.typed_dict_field(core_schema.with_default_schema(schema, default=default), required=False)
+
+    fields = {
+        "task_id": core_schema.typed_dict_field(kinds[str]),
+        "payload": optional(core_schema.any_schema(), None),
+        **{name: optional(kinds[kind], TaskRequest._field_defaults[name]) for name, kind, _ in _OPTIONAL_FIELDS},
+    }
+    validator = SchemaValidator(core_schema.typed_dict_schema(fields, extra_behavior="ignore"))
+    _validate_json = validator.validate_json
+    return _validate_json
+
+
 def parse_request(line: bytes) -> TaskRequest:
     """Parse one request line; raises :class:`ProtocolError` saying what was wrong.
 
@@ -139,6 +165,15 @@ def parse_request(line: bytes) -> TaskRequest:
     Go worker's pending task is failed at once instead of waiting for its deadline.
     Unknown keys are ignored, missing optional ones take their defaults.
     """
+    try:
+        fields = (_validate_json or _request_validator())(line)
+    except ValueError:  # pydantic-core's ValidationError
+        return _parse_checked(line)
+    return _new_request(fields.values())
+
+
+def _parse_checked(line: bytes) -> TaskRequest:
+    """Parse a line the validator rejected, step by step, to raise the error that says what is wrong."""
     try:
         data = (_from_json or _json_parser())(line)
     except ValueError as exc:
@@ -149,18 +184,12 @@ def parse_request(line: bytes) -> TaskRequest:
     if type(task_id) is not str:
         what = "missing task_id" if task_id is None else f"task_id must be a string, got a JSON {_json_kind(task_id)}"
         raise _bad(line, f"invalid request: {what}; {_EXPECTED}")
-    task_type, queue, retry_count, max_retry = values = (
-        data.get("type", ""),
-        data.get("queue", ""),
-        data.get("retry_count", 0),
-        data.get("max_retry", 0),
-    )
-    if (type(task_type), type(queue), type(retry_count), type(max_retry)) != _EXPECTED_TYPES:
-        for (name, expected_type, expected), value in zip(_OPTIONAL_FIELDS, values, strict=True):
-            if type(value) is not expected_type:
-                why = f"invalid request: {name} must be {expected}, got a JSON {_json_kind(value)}"
-                raise ProtocolError(why, task_id)
-    return _new_request((task_id, data.get("payload"), task_type, queue, retry_count, max_retry))
+    values = tuple(data.get(name, TaskRequest._field_defaults[name]) for name, _, _ in _OPTIONAL_FIELDS)
+    for (name, expected_type, expected), value in zip(_OPTIONAL_FIELDS, values, strict=True):
+        if type(value) is not expected_type:
+            raise ProtocolError(f"invalid request: {name} must be {expected}, got a JSON {_json_kind(value)}", task_id)
+    # Only reached where the two disagree on a valid request: it gets the same fields the validator gives.
+    return _new_request((task_id, data.get("payload"), *values))
 
 
 def _bad(line: bytes, message: str) -> ProtocolError:

@@ -23,6 +23,7 @@ from types import FrameType
 from typing import Final
 
 from runqy.errors import ProtocolError
+from runqy.inline import InlineExecution
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
 
@@ -61,8 +62,9 @@ class InFlight:
         self._keys = itertools.count()
         self._closed = False
         # Only for the rare waits: the reader when too many are open, shutdown until idle.
+        # Answers notify only while someone waits, and only when it may end that wait.
         self._changed = threading.Condition()
-        self._reader_waiting = False
+        self._waiters = 0
 
     def admit(self, request: TaskRequest) -> Reply | None:
         """Accept a request and return its reply; None once shutdown began."""
@@ -70,8 +72,9 @@ class InFlight:
         self._open[key] = request
         if self._closed and self._open.pop(key, None) is not None:
             return None  # shutdown began meanwhile: the caller refuses the request
-        # A partial, not a closure or an object with __call__: it calls answer() from C.
-        return partial(self.answer, key)
+        # A partial of the plain function, not a closure, a bound method or an object
+        # with __call__: the fewest objects per task, and answer() is called from C.
+        return partial(InFlight.answer, self, key)
 
     def __len__(self) -> int:
         """Tasks accepted and not answered yet."""
@@ -87,11 +90,10 @@ class InFlight:
         if len(self._open) < self._limit:
             return
         with self._changed:
-            self._reader_waiting = True
-            # The timeout covers a notification that raced with setting the flag.
+            self._waiters += 1
             while len(self._open) > self._resume_at and not self._closed:
-                self._changed.wait(0.05)
-            self._reader_waiting = False
+                self._changed.wait()
+            self._waiters -= 1
 
     def answer(self, key: int, response: TaskResponse) -> None:
         """Send the response for an accepted task, unless it was already answered (a late reply after a give-up)."""
@@ -100,7 +102,9 @@ class InFlight:
             log.debug("dropping a late response for task %s", response.task_id)
             return
         self._channel.send(line)
-        if not self._open or (self._reader_waiting and len(self._open) <= self._resume_at):
+        # Popped before reading _waiters, as a waiter counts itself before it checks:
+        # either the waiter sees this answer, or this answer sees the waiter.
+        if self._waiters and len(self._open) <= self._resume_at:
             with self._changed:
                 self._changed.notify_all()
 
@@ -113,7 +117,11 @@ class InFlight:
     def wait_idle(self, timeout_s: float | None) -> bool:
         """Wait until every admitted task is answered; False on timeout."""
         with self._changed:
-            return self._changed.wait_for(lambda: not self._open, timeout_s)
+            self._waiters += 1
+            try:
+                return self._changed.wait_for(lambda: not self._open, timeout_s)
+            finally:
+                self._waiters -= 1
 
     def give_up(self, why: str) -> int:
         """Answer every open task with a retryable error; returns how many there were."""
@@ -134,6 +142,10 @@ class Server:
         self.shutdown_timeout_s = shutdown_timeout_s
         self.one_shot = one_shot
         self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED)
+        self._stdin_fd = 0
+        #: The incomplete last line of what was read so far; every reader thread goes on from it.
+        self._pending = b""
+        self._inline: InlineExecution | None = None
         self._stop = threading.Event()
         self._reason: StopReason | None = None
         self._signals_seen = 0
@@ -143,14 +155,19 @@ class Server:
     def serve(self, stdin_fd: int = 0) -> int:
         """Serve until stopped; returns the exit code for the process (0 or 1)."""
         self.runner.on_fatal = self._on_fatal
+        self._stdin_fd = stdin_fd
+        run_task = None if self.one_shot else self.runner.inline_runner()
+        if run_task is not None:
+            self._inline = InlineExecution(run_task, self._start_reader)
         restore = self._install_signal_handlers()
         try:
-            reader = threading.Thread(target=self._read_or_fail, args=(stdin_fd,), name="runqy-reader", daemon=True)
-            reader.start()
+            self._start_reader()
             self._stop.wait()
             return self._shut_down()
         finally:
             restore()
+            if self._inline is not None:
+                self._inline.close()
 
     def _stop_with(self, reason: StopReason) -> None:
         if self._reason is None:
@@ -159,15 +176,19 @@ class Server:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _read_or_fail(self, fd: int) -> None:
+    def _start_reader(self) -> threading.Thread:
+        reader = threading.Thread(target=self._read_or_fail, name="runqy-reader", daemon=True)
+        reader.start()
+        return reader
+
+    def _read_or_fail(self) -> None:
         try:
-            self._read(fd)
+            self._read(self._stdin_fd)
         except BaseException as exc:
             log.critical("the stdin reader failed", exc_info=exc)
             self._stop_with(StopReason.FATAL)
 
     def _read(self, fd: int) -> None:
-        pending = b""
         accept = self._accept
         while True:
             self.inflight.wait_for_room()
@@ -177,18 +198,21 @@ class Server:
                 log.error("cannot read stdin: %s", exc)
                 chunk = b""
             if not chunk:
-                last = accept(pending)  # a last line without its newline is still a request
+                last = accept(self._pending)  # a last line without its newline is still a request
                 self._submit([last] if last is not None else [])
                 self._stop_with(StopReason.EOF)
                 return
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
+            lines = (self._pending + chunk).split(b"\n")
+            self._pending = lines.pop()
             if self.one_shot:
                 for line in lines:
                     if (task := accept(line)) is not None:
                         self._submit([task])
                         self._stop_with(StopReason.ONE_SHOT)
                         return
+            elif self._inline is not None:
+                if not self._inline.run([task for line in lines if (task := accept(line)) is not None]):
+                    return  # a task held this thread up: another one reads now
             else:
                 # All the requests of a chunk go to the runner in one hand-off.
                 self._submit([task for line in lines if (task := accept(line)) is not None])

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runqy.errors import ProtocolError
 from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse, encode_response, parse_request
 
 # What the Go worker can send: valid UTF-8 text (no lone surrogates), finite numbers.
@@ -80,6 +81,46 @@ def test_any_request_as_the_go_worker_writes_it_round_trips(request: TaskRequest
         ensure_ascii=False,
     ).encode()
     assert parse_request(line) == request
+
+
+# Each field of a request as anything a line may hold: the right type, any JSON value, or absent.
+MISSING: Any = object()
+request_fields = st.fixed_dictionaries(
+    {
+        "task_id": text | json_values | st.just(MISSING),
+        "payload": json_values | st.just(MISSING),
+        "type": text | json_values | st.just(MISSING),
+        "queue": text | json_values | st.just(MISSING),
+        "retry_count": st.integers() | json_values | st.just(MISSING),
+        "max_retry": st.integers() | json_values | st.just(MISSING),
+        "unknown": json_values | st.just(MISSING),
+    }
+)
+EXPECTED_TYPES = {"task_id": str, "type": str, "queue": str, "retry_count": int, "max_retry": int}
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(request_fields)
+def test_a_request_is_accepted_exactly_when_its_fields_have_their_types(fields: dict[str, Any]) -> None:
+    present = {name: value for name, value in fields.items() if value is not MISSING}
+    line = json.dumps(present).encode()
+    well_typed = "task_id" in present and all(
+        type(present[name]) is kind for name, kind in EXPECTED_TYPES.items() if name in present
+    )
+    if well_typed:
+        assert parse_request(line) == TaskRequest(
+            **{name: value for name, value in present.items() if name in TaskRequest._fields}
+        )
+    else:
+        with pytest.raises(ProtocolError) as raised:
+            parse_request(line)
+        # The first field that is wrong; task_id is wrong when absent, the others take defaults.
+        wrong = next(
+            name
+            for name, kind in EXPECTED_TYPES.items()
+            if (name in present and type(present[name]) is not kind) or (name == "task_id" and name not in present)
+        )
+        assert (wrong == "task_id" and "task_id" in str(raised.value)) or f"{wrong} must be" in str(raised.value)
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])

@@ -80,6 +80,15 @@ class Runner(ABC):
         for request, reply in tasks:
             self.submit(request, reply)
 
+    def inline_runner(self) -> Callable[[TaskRequest, Reply], object] | None:
+        """A function that runs one task to its end in the calling thread and answers it, or None.
+
+        Only for a started runner that runs one task at a time in this process, with
+        nothing that could abandon the calling thread (no time limit). The serving loop
+        then runs quick tasks in the thread that read them (see :mod:`runqy.inline`).
+        """
+        return None
+
     @abstractmethod
     def close(self, timeout_s: float | None = None) -> None:
         """Finish the tasks already submitted (waiting at most ``timeout_s``), then release everything."""

@@ -213,6 +213,12 @@ class PooledRunner(Runner):
     def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         self._started().submit_many(tasks)
 
+    def inline_runner(self) -> Callable[[TaskRequest, Reply], object] | None:
+        pool = self._pool
+        if pool is None or self.max_threads != 1 or not pool.engine.untimed:
+            return None
+        return pool.engine.run
+
     def _started(self) -> ThreadPool:
         if self._pool is None:
             raise RunnerClosed(f"{type(self).__name__} is not started, or already closed: tasks cannot run")

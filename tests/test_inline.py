@@ -1,0 +1,96 @@
+"""The sequential runner's tasks run in the reading thread, which never keeps stdin unread behind a long task.
+
+Real worker processes over real pipes; a task is held by a FIFO that the test opens
+to let it go, so nothing waits on a clock.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import WorkerFactory
+
+from runqy.local import make_request
+
+HELD_WORKER = """
+import os, sys
+from runqy import task, run
+
+@task
+def handle(payload):
+    log = os.open(payload["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.write(log, f"start {payload['n']}\\n".encode())
+    if "fifo" in payload:
+        print(f"holding {payload['n']}", file=sys.stderr, flush=True)
+        with open(payload["fifo"]) as fifo:  # blocks until the test opens the FIFO for writing
+            fifo.read()
+    os.write(log, f"end {payload['n']}\\n".encode())
+    os.close(log)
+    return payload["n"]
+
+run()
+"""
+
+
+@pytest.fixture
+def held(tmp_path: Path, write_worker: Callable[[str], Path]) -> tuple[Path, Path, Path]:
+    """The worker script, the FIFO that holds a task, and the log of task starts and ends."""
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
+    return write_worker(HELD_WORKER), fifo, tmp_path / "log"
+
+
+def release(fifo: Path) -> None:
+    with open(fifo, "w") as writer:
+        writer.write("go")
+
+
+def test_stdin_is_read_while_a_long_task_runs(held: tuple[Path, Path, Path], start_worker: WorkerFactory) -> None:
+    script, fifo, log = held
+    worker = start_worker(script)
+    first = worker.submit(make_request({"n": 0, "log": str(log), "fifo": str(fifo)}))
+    worker.wait_for_stderr("holding 0")
+    # Only a thread still reading stdin can answer this while task 0 holds the runner.
+    bad = worker.submit({"task_id": "bad-line", "payload": None, "retry_count": "zero"})
+    assert worker.wait_for(bad, timeout_s=10)
+    assert bad.response is not None and "retry_count must be an integer" in bad.response["error"]
+    assert first.response is None
+    release(fifo)
+    assert worker.wait_for(first, timeout_s=10)
+    assert first.response is not None and first.response["result"] == 0
+
+
+def test_tasks_read_behind_a_long_one_run_after_it_one_at_a_time_in_order(
+    held: tuple[Path, Path, Path], start_worker: WorkerFactory
+) -> None:
+    script, fifo, log = held
+    worker = start_worker(script)
+    pending = [worker.submit(make_request({"n": 0, "log": str(log), "fifo": str(fifo)}))]
+    worker.wait_for_stderr("holding 0")
+    pending += [worker.submit(make_request({"n": n, "log": str(log)})) for n in range(1, 21)]
+    release(fifo)
+    for task in pending:
+        assert worker.wait_for(task, timeout_s=10)
+    assert [task.response["result"] for task in pending if task.response] == list(range(21))
+    expected = [f"{what} {n}" for n in range(21) for what in ("start", "end")]
+    assert log.read_text().splitlines() == expected
+    worker.close_stdin()
+    assert worker.wait(timeout_s=10) == 0
+
+
+def test_eof_read_by_the_new_reader_still_drains_the_long_task(
+    held: tuple[Path, Path, Path], start_worker: WorkerFactory
+) -> None:
+    script, fifo, log = held
+    worker = start_worker(script)
+    first = worker.submit(make_request({"n": 0, "log": str(log), "fifo": str(fifo)}))
+    second = worker.submit(make_request({"n": 1, "log": str(log)}))
+    worker.wait_for_stderr("holding 0")
+    worker.close_stdin()
+    release(fifo)
+    assert worker.wait(timeout_s=10) == 0
+    assert first.response is not None and second.response is not None
+    assert (first.response["result"], second.response["result"]) == (0, 1)
