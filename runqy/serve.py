@@ -198,8 +198,12 @@ class Server:
                 log.error("cannot read stdin: %s", exc)
                 chunk = b""
             if not chunk:
-                last = accept(self._pending)  # a last line without its newline is still a request
-                self._submit([last] if last is not None else [])
+                # A last line without its newline is still a request; taken out of _pending
+                # first, so that a reader taking over from this thread cannot accept it again.
+                last_line, self._pending = self._pending, b""
+                last = accept(last_line)
+                if last is not None:
+                    self._run([last])
                 self._stop_with(StopReason.EOF)
                 return
             lines = (self._pending + chunk).split(b"\n")
@@ -210,12 +214,8 @@ class Server:
                         self._submit([task])
                         self._stop_with(StopReason.ONE_SHOT)
                         return
-            elif self._inline is not None:
-                if not self._inline.run([task for line in lines if (task := accept(line)) is not None]):
-                    return  # a task held this thread up: another one reads now
-            else:
-                # All the requests of a chunk go to the runner in one hand-off.
-                self._submit([task for line in lines if (task := accept(line)) is not None])
+            elif not self._run([task for line in lines if (task := accept(line)) is not None]):
+                return  # a task held this thread up: another one reads now
 
     def _accept(self, line: bytes) -> tuple[TaskRequest, Reply] | None:
         """Parse and admit one line: the accepted task, or None when the line was answered or blank."""
@@ -233,6 +233,14 @@ class Server:
             self.channel.send(encode_response(TaskResponse.failure(request.task_id, why, retry=True)))
             return None
         return request, reply
+
+    def _run(self, tasks: list[tuple[TaskRequest, Reply]]) -> bool:
+        """Run a chunk's tasks here or hand them to the runner; False once this thread must stop reading."""
+        if self._inline is not None:
+            return self._inline.run(tasks)
+        # All the requests of a chunk go to the runner in one hand-off.
+        self._submit(tasks)
+        return True
 
     def _submit(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         if not tasks:

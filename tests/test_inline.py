@@ -6,6 +6,7 @@ to let it go, so nothing waits on a clock.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import WorkerFactory
 
-from runqy.local import make_request
+from runqy.local import LocalWorker, make_request
 
 HELD_WORKER = """
 import os, sys
@@ -43,6 +44,16 @@ def held(tmp_path: Path, write_worker: Callable[[str], Path]) -> tuple[Path, Pat
     return write_worker(HELD_WORKER), fifo, tmp_path / "log"
 
 
+def start(script: Path, start_worker: WorkerFactory) -> LocalWorker:
+    """The worker, logging when a held task makes another thread read on."""
+    return start_worker(script, RUNQY_LOG_LEVEL="DEBUG")
+
+
+def wait_held_and_handed_over(worker: LocalWorker, n: int) -> None:
+    worker.wait_for_stderr(f"holding {n}")
+    worker.wait_for_stderr("another thread reads on")
+
+
 def release(fifo: Path) -> None:
     with open(fifo, "w") as writer:
         writer.write("go")
@@ -50,9 +61,9 @@ def release(fifo: Path) -> None:
 
 def test_stdin_is_read_while_a_long_task_runs(held: tuple[Path, Path, Path], start_worker: WorkerFactory) -> None:
     script, fifo, log = held
-    worker = start_worker(script)
+    worker = start(script, start_worker)
     first = worker.submit(make_request({"n": 0, "log": str(log), "fifo": str(fifo)}))
-    worker.wait_for_stderr("holding 0")
+    wait_held_and_handed_over(worker, 0)
     # Only a thread still reading stdin can answer this while task 0 holds the runner.
     bad = worker.submit({"task_id": "bad-line", "payload": None, "retry_count": "zero"})
     assert worker.wait_for(bad, timeout_s=10)
@@ -67,9 +78,9 @@ def test_tasks_read_behind_a_long_one_run_after_it_one_at_a_time_in_order(
     held: tuple[Path, Path, Path], start_worker: WorkerFactory
 ) -> None:
     script, fifo, log = held
-    worker = start_worker(script)
+    worker = start(script, start_worker)
     pending = [worker.submit(make_request({"n": 0, "log": str(log), "fifo": str(fifo)}))]
-    worker.wait_for_stderr("holding 0")
+    wait_held_and_handed_over(worker, 0)
     pending += [worker.submit(make_request({"n": n, "log": str(log)})) for n in range(1, 21)]
     release(fifo)
     for task in pending:
@@ -85,12 +96,26 @@ def test_eof_read_by_the_new_reader_still_drains_the_long_task(
     held: tuple[Path, Path, Path], start_worker: WorkerFactory
 ) -> None:
     script, fifo, log = held
-    worker = start_worker(script)
+    worker = start(script, start_worker)
     first = worker.submit(make_request({"n": 0, "log": str(log), "fifo": str(fifo)}))
     second = worker.submit(make_request({"n": 1, "log": str(log)}))
-    worker.wait_for_stderr("holding 0")
+    wait_held_and_handed_over(worker, 0)
     worker.close_stdin()
     release(fifo)
     assert worker.wait(timeout_s=10) == 0
     assert first.response is not None and second.response is not None
     assert (first.response["result"], second.response["result"]) == (0, 1)
+
+
+def test_a_long_last_line_without_newline_at_eof_runs_once(
+    held: tuple[Path, Path, Path], start_worker: WorkerFactory
+) -> None:
+    script, fifo, log = held
+    worker = start(script, start_worker)
+    request = make_request({"n": 7, "log": str(log), "fifo": str(fifo)})
+    worker.send_line(json.dumps(request).encode())  # no newline: only EOF ends it
+    worker.close_stdin()
+    wait_held_and_handed_over(worker, 7)
+    release(fifo)
+    assert worker.wait(timeout_s=10) == 0
+    assert log.read_text().splitlines() == ["start 7", "end 7"]
