@@ -14,9 +14,11 @@ Settings are built and checked by :meth:`RunqyBuilder.settings` and
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from runqy.app import Registry
+from runqy.errors import ConfigError
 from runqy.runners.base import Runner
 from runqy.settings import RunqySettings, load_settings, resolve_settings
 from runqy.worker import Worker
@@ -87,11 +89,24 @@ class RunqyBuilder:
             self._values["require_hard_timeout"] = hard
         return self
 
-    def retries(self, max_retries: int, backoff_s: float | None = None) -> Self:
-        """Retry a retryable failure locally ``max_retries`` times, first after ``backoff_s`` (then doubling)."""
+    def retries(
+        self,
+        max_retries: int,
+        backoff_s: float | None = None,
+        *,
+        on: Iterable[type[BaseException] | str] | None = None,
+    ) -> Self:
+        """Retry a retryable failure locally ``max_retries`` times, first after ``backoff_s`` (then doubling).
+
+        ``on`` names more exceptions to treat like ``RetryableError`` (the
+        ``retry_exceptions`` setting): classes defined at the top level of a module, or
+        their names (``"ConnectionError"``, ``"package.module.Class"``).
+        """
         self._values["max_retries"] = max_retries
         if backoff_s is not None:
             self._values["retry_backoff_s"] = backoff_s
+        if on is not None:
+            self._values["retry_exceptions"] = [_exception_name(exc) for exc in on]
         return self
 
     def recycle_children(self, *, max_tasks: int | None = None, max_memory_mb: int | None = None) -> Self:
@@ -147,3 +162,16 @@ class RunqyBuilder:
 
     def __repr__(self) -> str:
         return f"RunqyBuilder({self.overrides()!r})"
+
+
+def _exception_name(exc: type[BaseException] | str) -> str:
+    """The name ``retry_exceptions`` knows an exception by: a builtin's own, else ``module.Class``."""
+    if isinstance(exc, str):
+        return exc
+    if "." in exc.__qualname__:
+        raise ConfigError(
+            f"retries(on=...): {exc.__module__}.{exc.__qualname__} is not at the top level of its module, "
+            "so it cannot be found by name; define it at module level",
+            fields=("retry_exceptions",),
+        )
+    return exc.__qualname__ if exc.__module__ == "builtins" else f"{exc.__module__}.{exc.__qualname__}"

@@ -69,7 +69,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
                 choices=choices,
                 default=None,
                 metavar=name.upper(),
-                help=info.description or _field_doc(name),
+                help=_help(info, f"RUNQY_{prefix.upper().replace('.', '__')}{name.upper()}"),
             )
 
 
@@ -109,8 +109,9 @@ def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
 
 
-def _field_doc(name: str) -> str:
-    return f"the {name} setting (see docs/configuration.md)"
+def _help(info: FieldInfo, env_var: str) -> str:
+    """The field's own description (its docstring in runqy.settings), as plain text, and its variable."""
+    return f"{(info.description or '').replace('``', '')} [{env_var}]".lstrip()
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

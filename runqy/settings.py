@@ -54,16 +54,16 @@ RUNNER_ALIASES: dict[str, str] = {alias: spec.path for alias, spec in BUILTIN_RU
 class RunnerOptions(BaseModel):
     """Options of the runner itself: the ``[tool.runqy.runner]`` table, ``RUNQY_RUNNER__*`` in the environment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    #: Threads of the thread runner (default ``min(32, cpu_count + 4)``).
     max_threads: int | None = Field(default=None, ge=1)
-    #: Child processes of the process and hybrid runners (default: physical cores).
+    """Threads of the thread runner (default ``min(32, cpu_count + 4)``)."""
     num_processes: int | None = Field(default=None, ge=1)
-    #: Threads in each child of the hybrid runner.
+    """Child processes of the process and hybrid runners (default: physical cores)."""
     threads_per_process: int | None = Field(default=None, ge=1)
-    #: How child processes are started; never set globally for the process.
+    """Threads in each child of the hybrid runner."""
     start_method: Literal["spawn", "forkserver"] = "spawn"
+    """How child processes are started; never set globally for the process."""
 
 
 class RunqySettings(BaseSettings):
@@ -75,33 +75,35 @@ class RunqySettings(BaseSettings):
         extra="forbid",
         frozen=True,
         pyproject_toml_table_header=("tool", "runqy"),
+        use_attribute_docstrings=True,  # the docstrings below become field descriptions (CLI help)
     )
 
-    #: Which runner runs the tasks: an alias, a class name or ``"package.module:Class"``.
     runner_cls: str | None = None
-    #: A thread pool of N when no runner is named (``RUNQY_PYTHON_WORKERS``, as in runqy-python).
+    """Which runner runs the tasks: an alias, a class name or ``"package.module:Class"``."""
     python_workers: int | None = Field(default=None, ge=1)
-    #: Longest time one attempt of a task may run; None for no limit.
+    """A thread pool of N when no runner is named (``RUNQY_PYTHON_WORKERS``, as in runqy-python)."""
     task_timeout_s: float | None = Field(default=None, gt=0)
-    #: A timed-out task must be killed, not abandoned: only runners with hard timeouts (process) accept it.
+    """Longest time one attempt of a task may run; None for no limit."""
     require_hard_timeout: bool = False
-    #: Local retries of a retryable failure (RetryableError, timeout, crash) before answering.
+    """A timed-out task must be killed, not abandoned: only runners with hard timeouts (process) accept it."""
     max_retries: int = Field(default=0, ge=0)
-    #: First backoff between local retries; doubles each time, with jitter.
+    """Local retries of a retryable failure (RetryableError, timeout, crash) before answering."""
     retry_backoff_s: float = Field(default=0.1, ge=0)
-    #: Exceptions retried like RetryableError: builtins (``"ConnectionError"``) or ``"package.module.Class"``.
+    """First backoff between local retries; doubles each time, with jitter."""
     retry_exceptions: list[str] = []
-    #: On SIGTERM/SIGINT, how long running tasks may take to finish (the worker kills us after 10 s).
+    """Exceptions retried like RetryableError: builtins (``"ConnectionError"``) or ``"package.module.Class"``."""
     shutdown_timeout_s: float = Field(default=8.0, ge=0)
-    #: Recycle a child process after this many tasks (process and hybrid runners).
+    """On SIGTERM/SIGINT, how long running tasks may take to finish (the worker kills us after 10 s)."""
     max_tasks_per_child: int | None = Field(default=None, ge=1)
-    #: Recycle a child whose memory (with its descendants) exceeds this (process and hybrid runners).
+    """Recycle a child process after this many tasks (process and hybrid runners)."""
     max_memory_per_child_mb: int | None = Field(default=None, ge=1)
-    #: Timed-out threads left running before a warning (thread) or a recycle (hybrid).
+    """Recycle a child whose memory (with its descendants) exceeds this (process and hybrid runners)."""
     max_abandoned_threads: int = Field(default=16, ge=0)
-    #: Level of runqy's own log lines on stderr.
+    """Timed-out threads left running before a warning (thread) or a recycle (hybrid)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of runqy's own log lines on stderr."""
     runner: RunnerOptions = RunnerOptions()
+    """Options of the runner itself: the ``[tool.runqy.runner]`` table."""
 
     @classmethod
     def settings_customise_sources(

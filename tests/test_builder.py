@@ -114,6 +114,38 @@ def test_built_worker_runs_tasks_with_the_builder_settings() -> None:
     assert (response.result, response.error, seen) == ({"n": 1}, None, [1, 2, 3])
 
 
+class UpstreamTimeout(Exception):
+    """An exception of the worker's own, retried by class."""
+
+
+def test_retries_on_exception_classes_retry_them_like_retryable_error() -> None:
+    registry = Registry()
+    seen: list[int] = []
+
+    @registry.task
+    def flaky(payload: Any) -> Any:
+        seen.append(current_task().attempt)
+        if len(seen) == 1:
+            raise ConnectionError("reset by peer")
+        if len(seen) == 2:
+            raise UpstreamTimeout("no answer")
+        return payload
+
+    builder = RunqyBuilder().sequential_runner().retries(2, backoff_s=0, on=[ConnectionError, UpstreamTimeout])
+    assert builder.settings().retry_exceptions == ["ConnectionError", f"{__name__}.UpstreamTimeout"]
+    with builder.build(registry) as worker:
+        response = worker.runner.run_task(TaskRequest("t1", {"n": 1}))
+    assert (response.result, response.error, seen) == ({"n": 1}, None, [1, 2, 3])
+
+
+def test_retries_on_a_class_that_cannot_be_found_by_name_is_refused() -> None:
+    class Local(Exception):
+        pass
+
+    with pytest.raises(ConfigError, match="not at the top level"):
+        RunqyBuilder().retries(1, on=[Local])
+
+
 def test_thread_runner_from_the_builder_has_the_requested_size() -> None:
     if not runner_available("thread"):
         pytest.skip("the thread runner is not on this branch yet")

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from config_env import isolate, write_config, write_pyproject
 
+from runqy.settings import RunnerOptions, RunqySettings
+
 BUILDER_SCRIPT = """
 import json
 from runqy import RunqyBuilder
@@ -122,3 +124,17 @@ def test_invalid_env_value_is_an_error_naming_the_variable(tmp_path: Path) -> No
     done = runqy(tmp_path, "config", "--json", RUNQY_SHUTDOWN_TIMEOUT_S="-2")
     assert done.returncode == 2
     assert "shutdown_timeout_s = '-2' in environment variable RUNQY_SHUTDOWN_TIMEOUT_S" in done.stderr
+
+
+def test_run_help_explains_every_setting_with_its_variable() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "runqy", "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    flat = " ".join(shown.split())  # argparse wraps long help lines
+    fields = [("", name, info) for name, info in RunqySettings.model_fields.items() if name != "runner"]
+    fields += [("RUNNER__", name, info) for name, info in RunnerOptions.model_fields.items()]
+    for prefix, name, info in fields:
+        assert info.description, f"{name} has no docstring in runqy/settings.py"
+        first_words = " ".join(info.description.replace("``", "").split()[:4])
+        assert f"--{name.replace('_', '-')}" in flat and first_words in flat
+        assert f"[RUNQY_{prefix}{name.upper()}]" in flat
