@@ -274,6 +274,8 @@ class ProtocolChannel:
         #: Queues one complete line for writing and returns at once. The queue's own
         #: ``put``, so that sending a response makes no Python call (hot path).
         self.send: Callable[[bytes], None] = self._lines.put
+        # Held while a write is under way, by the writer thread or by send_alone().
+        self._writing = threading.Lock()
         self._broken = False
         self._writer = threading.Thread(target=self._write_forever, name="runqy-writer", daemon=True)
         self._writer.start()
@@ -288,6 +290,24 @@ class ProtocolChannel:
         if hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(line_buffering=True)
         return cls(protocol_fd)
+
+    def send_alone(self, line: bytes) -> None:
+        """Send a line that is the only one going out: written at once from the calling thread.
+
+        With one task in flight, waking the writer thread for each answer costs more
+        than the write itself. When a write is under way or lines wait in the queue,
+        the line is queued like :attr:`send` instead, so a burst still goes out in few
+        writes. A line may so pass lines of other tasks still held by the writer
+        thread, never a status line: requests come only after the ready line is read.
+        """
+        if self._writing.acquire(blocking=False):
+            try:
+                if self._lines.empty():
+                    self._write(line)
+                    return
+            finally:
+                self._writing.release()
+        self._lines.put(line)
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every line sent so far is written; False if that took longer than ``timeout_s``."""
@@ -318,7 +338,8 @@ class ProtocolChannel:
                 except queue.Empty:
                     break
             if batch:
-                self._write(b"".join(batch))
+                with self._writing:
+                    self._write(b"".join(batch))
             for marker in markers:
                 marker.set()
             if closing:

@@ -24,7 +24,7 @@ from typing import Final
 
 from runqy.errors import ProtocolError
 from runqy.inline import InlineExecution
-from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
+from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
 
 __all__ = ["InFlight", "Server", "StopReason"]
@@ -101,7 +101,10 @@ class InFlight:
         if self._open.pop(key, None) is None:
             log.debug("dropping a late response for task %s", response.task_id)
             return
-        self._channel.send(line)
+        if self._open:
+            self._channel.send(line)
+        else:
+            self._channel.send_alone(line)  # the only task in flight: no writer thread to wake
         # Popped before reading _waiters, as a waiter counts itself before it checks:
         # either the waiter sees this answer, or this answer sees the waiter.
         if self._waiters and len(self._open) <= self._resume_at:
@@ -153,14 +156,17 @@ class Server:
         self.drained = False
 
     def serve(self, stdin_fd: int = 0) -> int:
-        """Serve until stopped; returns the exit code for the process (0 or 1)."""
-        self.runner.on_fatal = self._on_fatal
-        self._stdin_fd = stdin_fd
-        run_task = None if self.one_shot else self.runner.inline_runner()
-        if run_task is not None:
-            self._inline = InlineExecution(run_task, self._start_reader)
+        """Say ready, then serve until stopped; returns the exit code for the process (0 or 1)."""
+        # Signal handlers first: the Go worker may send SIGTERM as soon as it reads the ready line.
         restore = self._install_signal_handlers()
         try:
+            self.runner.on_fatal = self._on_fatal
+            self._stdin_fd = stdin_fd
+            run_task = None if self.one_shot else self.runner.inline_runner()
+            if run_task is not None:
+                self._inline = InlineExecution(run_task, self._start_reader)
+            log.info("ready: %r", self.runner)
+            self.channel.send(READY_LINE)
             self._start_reader()
             self._stop.wait()
             return self._shut_down()

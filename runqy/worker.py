@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from runqy.app import Registry, default_registry
 from runqy.errors import HandlerNotRegistered, LoadFailed, TaskFailed
-from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, error_status_line
+from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, error_status_line
 from runqy.runners.base import Runner
 from runqy.serve import Server
 
@@ -78,8 +78,6 @@ class Worker:
             log.error("%s", exc, exc_info=isinstance(exc, LoadFailed))
             channel.send(error_status_line(str(exc)))
             _exit_now(channel, 1)
-        log.info("ready: %r", runner)
-        channel.send(READY_LINE)
         server = Server(runner, channel, shutdown_timeout_s=self.settings.shutdown_timeout_s, one_shot=one_shot)
         code = server.serve()
         stuck = runner.abandoned_attempts

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 
 import pytest
 
@@ -12,6 +14,7 @@ from runqy.protocol import (
     MAX_ERROR_CHARS,
     MAX_LINE_BYTES,
     READY_LINE,
+    ProtocolChannel,
     TaskRequest,
     TaskResponse,
     encode_response,
@@ -113,3 +116,27 @@ def test_lone_surrogates_are_escaped_not_fatal() -> None:
 def test_status_lines() -> None:
     assert strict_json(READY_LINE) == {"status": "ready"}
     assert strict_json(error_status_line("model missing")) == {"status": "error", "error": "model missing"}
+
+
+def test_lines_from_many_threads_alone_or_queued_come_out_whole() -> None:
+    read_fd, write_fd = os.pipe()
+    channel = ProtocolChannel(write_fd)
+    # Lines far over the pipe's atomic write size, so that writes are split into parts.
+    lines = [(f"{n:04d}" + "x" * 100_000 + "\n").encode() for n in range(40)]
+
+    def send(part: list[bytes], alone: bool) -> None:
+        for line in part:
+            (channel.send_alone if alone else channel.send)(line)
+
+    senders = [threading.Thread(target=send, args=(lines[i::4], i % 2 == 0)) for i in range(4)]
+    received = b""
+    for sender in senders:
+        sender.start()
+    while received.count(b"\n") < len(lines):
+        received += os.read(read_fd, 1 << 20)
+    for sender in senders:
+        sender.join()
+    channel.close(5)
+    os.close(read_fd)
+    os.close(write_fd)
+    assert sorted(received.splitlines(keepends=True)) == lines
