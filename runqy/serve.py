@@ -1,8 +1,10 @@
 """The serving loop: read requests, hand them to the runner, answer each exactly once, shut down cleanly.
 
-    stdin ──reader thread──> parse ──> InFlight.admit ──> runner.submit
+    stdin ──reader thread──> parse ──> InFlight.admit ──> runner.submit_many
+                                                      └─> or run here (runqy.inline)
                                                              │ (any thread)
     stdout <──writer thread── ProtocolChannel <── InFlight.answer (first answer wins)
+           <──────── a lone answer, written by the thread that finished it
 
 The main thread only waits: for stdin EOF, a signal, or a fatal runner error. Then it
 stops admitting, lets in-flight tasks finish, answers whatever could not finish, and
