@@ -116,16 +116,12 @@ class AttemptEngine:
         # Timed attempts in progress. Both the finishing thread and the watchdog claim an
         # attempt by popping it, an atomic dict operation, so exactly one of them wins.
         self._running: dict[_Attempt, None] = {}
-        # The common case, decided once: a plain function with no time limit runs as is.
-        self._untimed_sync = policy.task_timeout_s is None and not handler.is_async
+        #: Attempts are plain calls in the calling thread with no time limit: none is ever
+        #: abandoned, and run() calls the handler directly (the common case, decided once).
+        self.untimed = policy.task_timeout_s is None and not handler.is_async
         self._watchdog: _Watchdog | None = None
         if policy.task_timeout_s is not None and not handler.is_async:
             self._watchdog = _Watchdog(self, policy.task_timeout_s)
-
-    @property
-    def untimed(self) -> bool:
-        """Attempts are plain calls in the calling thread, with no time limit: none is ever abandoned."""
-        return self._untimed_sync
 
     @property
     def abandoned(self) -> int:
@@ -141,28 +137,27 @@ class AttemptEngine:
         attempt = first_attempt
         while True:
             try:
-                # The common case, a plain function with no time limit, is called directly.
                 response = (
-                    self.handler.execute(request, attempt)
-                    if self._untimed_sync
-                    else self._attempt(request, attempt, reply)
+                    self.handler.execute(request, attempt) if self.untimed else self._attempt(request, attempt, reply)
                 )
             except Exception as exc:  # a failure of runqy's own (the event loop closed): still an answer
                 log.exception("task %s: attempt %d could not run", request.task_id, attempt)
                 response = failure_response(request, exc)
             if response is None:
                 return False
-            if not response.retry or attempt > self.policy.max_retries:  # final: success, or no retry left
-                reply(response)
+            if self._settle(request, reply, attempt, response):
                 return True
-            self._back_off(request, attempt, response)
             attempt += 1
 
-    def _back_off(self, request: TaskRequest, attempt: int, response: TaskResponse) -> None:
-        """Before retrying a failed attempt: say so, and wait out the backoff."""
+    def _settle(self, request: TaskRequest, reply: Reply, attempt: int, response: TaskResponse) -> bool:
+        """Reply if ``response`` is final; else wait out the backoff and return False."""
+        if not response.retry or attempt > self.policy.max_retries:
+            reply(response)
+            return True
         log.info("task %s: attempt %d failed, retrying: %s", request.task_id, attempt, _summary(response.error))
         if self.policy.retry_backoff_s > 0:
             time.sleep(self.policy.backoff_s(attempt))
+        return False
 
     def _attempt(self, request: TaskRequest, number: int, reply: Reply) -> TaskResponse | None:
         """One timed or ``async`` attempt's response, or None when the watchdog gave up on it meanwhile."""
@@ -238,10 +233,8 @@ class AttemptEngine:
 
     def _resume(self, attempt: _Attempt, response: TaskResponse) -> bool:
         """The rest of a task after its attempt timed out: reply, or back off and retry here."""
-        if not response.retry or attempt.number > self.policy.max_retries:  # as in run()
-            attempt.reply(response)
+        if self._settle(attempt.request, attempt.reply, attempt.number, response):
             return True
-        self._back_off(attempt.request, attempt.number, response)
         return self.run(attempt.request, attempt.reply, attempt.number + 1)
 
     def close(self) -> None:
