@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic.fields import FieldInfo
 
 from runqy.errors import ConfigError, RunqyError
-from runqy.settings import RunnerOptions, RunqySettings
+from runqy.settings import RunnerOptions, RunqySettings, env_var
 
 __all__ = ["main"]
 
@@ -69,7 +69,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
                 choices=choices,
                 default=None,
                 metavar=name.upper(),
-                help=_help(info, f"RUNQY_{prefix.upper().replace('.', '__')}{name.upper()}"),
+                help=_help(info, env_var(prefix + name)),
             )
 
 

@@ -22,7 +22,7 @@ from pydantic_settings import EnvSettingsSource, InitSettingsSource
 
 from runqy.checks import DERIVED_FROM, resolve_runner
 from runqy.errors import ConfigError, ConfigWarning
-from runqy.settings import RunnerOptions, RunqySettings, file_sources, resolve_settings
+from runqy.settings import RunnerOptions, RunqySettings, env_var, file_sources, resolve_settings
 
 __all__ = ["DEFAULT", "Layer", "describe_errors", "describe_settings", "describe_origin", "origins", "source_layers"]
 
@@ -47,7 +47,7 @@ def _env_layer() -> Layer:
     for dotted in _flatten(EnvSettingsSource(RunqySettings)()):
         parts = dotted.split(".")
         # RUNQY_RUNNER__MAX_THREADS, or the whole table as JSON in RUNQY_RUNNER.
-        for candidate in ("RUNQY_" + "__".join(parts).upper(), "RUNQY_" + parts[0].upper()):
+        for candidate in (env_var(dotted), env_var(parts[0])):
             if candidate in names:
                 layer[dotted] = f"env:{names[candidate]}"
                 break

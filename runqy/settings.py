@@ -38,6 +38,7 @@ __all__ = [
     "RUNNER_ALIASES",
     "RunnerOptions",
     "RunqySettings",
+    "env_var",
     "file_sources",
     "load_settings",
     "resolve_runner_class",
@@ -46,6 +47,13 @@ __all__ = [
 
 #: The environment variable naming a TOML settings file.
 CONFIG_ENV_VAR = "RUNQY_CONFIG"
+
+
+def env_var(dotted: str) -> str:
+    """The environment variable of a setting: ``runner.max_threads`` -> ``RUNQY_RUNNER__MAX_THREADS``."""
+    config = RunqySettings.model_config
+    return f"{config['env_prefix']}{dotted.replace('.', config['env_nested_delimiter'] or '__')}".upper()
+
 
 #: Short names accepted by ``runner_cls``, and the class each stands for.
 RUNNER_ALIASES: dict[str, str] = {alias: spec.path for alias, spec in BUILTIN_RUNNERS.items()}
