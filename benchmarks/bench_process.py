@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from runqy.app import default_registry
-from runqy.local import LocalWorker, make_request
+from runqy.local.driver import LocalWorker, make_request
 from runqy.protocol import TaskRequest
 from runqy.runners.process import PersistentProcessRunner
 from runqy.target import import_target

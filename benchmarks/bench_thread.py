@@ -21,7 +21,7 @@ from typing import Any
 
 from runqy.app import Registry
 from runqy.attempts import RetryPolicy
-from runqy.local import LocalWorker, make_request
+from runqy.local.driver import LocalWorker, make_request
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners.base import Runner
 from runqy.runners.sequential import SequentialRunner

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runqy.bench import BenchResult, available_runners, measure
+from runqy.local.bench import BenchResult, available_runners, measure
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE_DIR = ROOT / ".bench" / "runqy-python-0.2.2"

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runqy.app import Registry, load, task
     from runqy.builder import RunqyBuilder
+    from runqy.config.resolve import load_settings
+    from runqy.config.settings import RunqySettings
     from runqy.context import TaskInfo, current_task
     from runqy.errors import (
         ConfigError,
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
         TaskTimeout,
         WorkerCrashed,
     )
-    from runqy.settings import RunqySettings, load_settings
     from runqy.worker import Worker, run, run_once
 
 # Imported on first use (PEP 562): a child process of the process runner imports runqy
@@ -51,8 +52,8 @@ _LAZY = {
     "TaskFailed": "runqy.errors",
     "TaskTimeout": "runqy.errors",
     "WorkerCrashed": "runqy.errors",
-    "RunqySettings": "runqy.settings",
-    "load_settings": "runqy.settings",
+    "RunqySettings": "runqy.config.settings",
+    "load_settings": "runqy.config.resolve",
     "Worker": "runqy.worker",
     "run": "runqy.worker",
     "run_once": "runqy.worker",

@@ -2,6 +2,6 @@
 
 import sys
 
-from runqy.cli import main
+from runqy.cli.main import main
 
 sys.exit(main())

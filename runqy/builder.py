@@ -18,9 +18,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from runqy.app import Registry
+from runqy.config.resolve import load_settings, resolve_settings
+from runqy.config.settings import RunqySettings
 from runqy.errors import ConfigError
 from runqy.runners.base import Runner
-from runqy.settings import RunqySettings, load_settings, resolve_settings
 from runqy.worker import Worker
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ StartMethod = Literal["spawn", "forkserver"]
 
 
 class RunqyBuilder:
-    """A typed, chainable front-end over :class:`~runqy.settings.RunqySettings`.
+    """A typed, chainable front-end over :class:`~runqy.config.settings.RunqySettings`.
 
     Each method records settings and returns the builder. Choosing a runner replaces
     the runner and runner options chosen before by the builder.
@@ -148,7 +149,7 @@ class RunqyBuilder:
 
     def describe(self) -> dict[str, Any]:
         """The resolved settings with the origin of each, as ``runqy config --json`` prints them."""
-        from runqy.provenance import describe_settings
+        from runqy.config.resolve import describe_settings
 
         return describe_settings(self.overrides())
 

@@ -18,7 +18,7 @@ from runqy.runners.base import Runner
 from runqy.serve import Server
 
 if TYPE_CHECKING:
-    from runqy.settings import RunqySettings
+    from runqy.config.settings import RunqySettings
 
 __all__ = ["Worker", "run", "run_once"]
 
@@ -218,11 +218,11 @@ def _configure_logging(level: str) -> None:
 
 
 def load_settings(**overrides: Any) -> RunqySettings:
-    """:func:`runqy.settings.load_settings`, imported when first needed.
+    """:func:`runqy.config.resolve.load_settings`, imported when first needed.
 
     A child process of the process runner imports this module (through the worker's
     ``from runqy import run``) but never serves, so it never pays for the settings machinery.
     """
-    from runqy.settings import load_settings as resolve
+    from runqy.config.resolve import load_settings as resolve
 
     return resolve(**overrides)

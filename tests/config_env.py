@@ -33,7 +33,7 @@ def write_config(directory: Path, body: str, name: str = "runqy.toml") -> Path:
 
 def runner_available(alias: str) -> bool:
     """Whether a built-in runner's module exists in this checkout (some land on other branches first)."""
-    from runqy.catalog import import_runner
+    from runqy.config.catalog import import_runner
     from runqy.errors import ConfigError
 
     try:

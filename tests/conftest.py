@@ -15,9 +15,9 @@ import behaviours
 import pytest
 
 from runqy.app import Registry
-from runqy.local import LocalWorker
+from runqy.config.resolve import load_settings
+from runqy.local.driver import LocalWorker
 from runqy.runners.base import Runner
-from runqy.settings import load_settings
 
 #: Environment of every spawned worker: no RUNQY_* setting leaks in from the developer's shell.
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("RUNQY_")}

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from runqy.config.settings import RUNNER_ALIASES, resolve_runner_class
 from runqy.errors import ConfigError
-from runqy.settings import RUNNER_ALIASES, resolve_runner_class
 
 __all__ = ["ALL_RUNNERS", "CLEAN_ENV", "runner_params"]
 

@@ -76,7 +76,7 @@ def test_a_timeout_that_never_fires_changes_nothing() -> None:
 
 
 def test_exceptions_named_in_settings_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    from runqy.settings import load_settings
+    from runqy.config.resolve import load_settings
 
     registry = Registry()
 
@@ -98,10 +98,10 @@ def test_exceptions_named_in_settings_are_retried(monkeypatch: pytest.MonkeyPatc
         assert given_up.retry is True and "ConnectionError: still away" in (given_up.error or "")
 
 
-@pytest.mark.parametrize("name", ["NoSuchError", "no_such_module.Error", "runqy.settings.RunqySettings"])
+@pytest.mark.parametrize("name", ["NoSuchError", "no_such_module.Error", "runqy.config.settings.RunqySettings"])
 def test_an_unknown_retry_exception_is_a_config_error(name: str) -> None:
+    from runqy.config.resolve import load_settings
     from runqy.errors import ConfigError
-    from runqy.settings import load_settings
 
     with pytest.raises(ConfigError, match="retry_exceptions"):
         load_settings(retry_exceptions=[name])

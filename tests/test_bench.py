@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from runner_params import CLEAN_ENV, runner_params
 
-from runqy.bench import BenchResult, compare, measure, recommend
-from runqy.local_stats import RunSummary
-from runqy.procstats import TreeUsage
-from runqy.timeline import assign_slots, write_svg
+from runqy.local.bench import BenchResult, compare, measure, recommend
+from runqy.local.procstats import TreeUsage
+from runqy.local.stats import RunSummary
+from runqy.local.timeline import assign_slots, write_svg
 
 WORKER = Path(__file__).parent / "workers" / "bench_worker.py"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from config_env import isolate, runner_available, write_pyproject
 
-from runqy.catalog import BUILTIN_RUNNERS, import_runner
+from runqy.config.catalog import BUILTIN_RUNNERS, import_runner
+from runqy.config.resolve import resolve_settings
 from runqy.errors import ConfigError, ConfigWarning
-from runqy.settings import resolve_settings
 
 CUSTOM_RUNNER = """
 from runqy.runners.base import Capabilities

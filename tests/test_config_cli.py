@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from config_env import isolate, write_config, write_pyproject
 
-from runqy.settings import RunnerOptions, RunqySettings
+from runqy.config.settings import RunnerOptions, RunqySettings
 
 BUILDER_SCRIPT = """
 import json
@@ -134,7 +134,7 @@ def test_run_help_explains_every_setting_with_its_variable() -> None:
     fields = [("", name, info) for name, info in RunqySettings.model_fields.items() if name != "runner"]
     fields += [("RUNNER__", name, info) for name, info in RunnerOptions.model_fields.items()]
     for prefix, name, info in fields:
-        assert info.description, f"{name} has no docstring in runqy/settings.py"
+        assert info.description, f"{name} has no docstring in runqy/config/settings.py"
         first_words = " ".join(info.description.replace("``", "").split()[:4])
         assert f"--{name.replace('_', '-')}" in flat and first_words in flat
         assert f"[RUNQY_{prefix}{name.upper()}]" in flat

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from config_env import isolate
 
-from runqy.catalog import find_builtin
+from runqy.config.catalog import find_builtin
+from runqy.config.resolve import resolve_settings
 from runqy.errors import ConfigError, ConfigWarning
-from runqy.settings import resolve_settings
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

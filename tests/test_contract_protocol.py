@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import capacity_of
 from harness import wait_for_files
 
-from runqy.local import LocalWorker, Outcome, make_request
+from runqy.local.driver import LocalWorker, Outcome, make_request
 
 Spawn = Callable[..., LocalWorker]
 
@@ -72,7 +72,7 @@ def test_timeout_is_answered_at_once_and_others_run_meanwhile(runner_name: str, 
 def test_load_context_is_shared_as_the_runner_declares(runner_name: str, spawn: Spawn) -> None:
     from conftest import RUNNERS
 
-    from runqy.settings import resolve_runner_class
+    from runqy.config.settings import resolve_runner_class
 
     worker = spawn()
     outcomes = list(worker.run([make_request({"op": "context"}) for _ in range(32)], concurrency=8))

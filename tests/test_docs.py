@@ -11,10 +11,11 @@ import pytest
 from config_env import flat, isolate
 
 from runqy.app import default_registry
-from runqy.catalog import BUILTIN_RUNNERS, RUNNER_SPECIFIC_FIELDS
+from runqy.config.catalog import BUILTIN_RUNNERS, RUNNER_SPECIFIC_FIELDS
+from runqy.config.provenance import origins, source_layers
+from runqy.config.resolve import resolve_settings
+from runqy.config.settings import RunqySettings
 from runqy.errors import ConfigWarning
-from runqy.provenance import origins, source_layers
-from runqy.settings import RunqySettings, resolve_settings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 TEXT = DOC.read_text()

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from runner_params import CLEAN_ENV, runner_params
 
-from runqy.local import LocalWorker, make_request
-from runqy.local_stats import Outcome
+from runqy.local.driver import LocalWorker, make_request
+from runqy.local.stats import Outcome
 
 WORKER = Path(__file__).parent / "workers" / "faulty_worker.py"
 SCALE = 10 if os.environ.get("RUNQY_SOAK") == "1" else 1

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from runner_params import CLEAN_ENV, runner_params
 
-from runqy.local import LocalWorker
+from runqy.local.driver import LocalWorker
 
 WORKER = Path(__file__).parent / "workers" / "faulty_worker.py"
 

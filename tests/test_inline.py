@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import WorkerFactory
 
-from runqy.local import LocalWorker, make_request
+from runqy.local.driver import LocalWorker, make_request
 
 HELD_WORKER = """
 import os, sys

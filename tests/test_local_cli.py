@@ -13,7 +13,7 @@ import pytest
 from runner_params import CLEAN_ENV
 
 from runqy.errors import RunqyError
-from runqy.local import LocalWorker, make_request
+from runqy.local.driver import LocalWorker, make_request
 
 WORKER = Path(__file__).parent / "workers" / "faulty_worker.py"
 

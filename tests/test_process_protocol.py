@@ -15,7 +15,7 @@ import psutil
 import pytest
 from process_helpers import DEADLINE_S, wait_for_file, wait_gone
 
-from runqy.local import LocalWorker, WorkerStartFailed, make_request
+from runqy.local.driver import LocalWorker, WorkerStartFailed, make_request
 
 pytestmark = pytest.mark.timeout(40)
 

@@ -12,9 +12,9 @@ import pytest
 from config_env import isolate
 
 from runqy.app import default_registry
+from runqy.config.resolve import load_settings
 from runqy.errors import ConfigWarning, TaskFailed
 from runqy.runners.thread import ThreadRunner
-from runqy.settings import load_settings
 from runqy.worker import Worker
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "runners.md"

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 from config_env import flat, isolate, runner_available, write_config, write_pyproject
 
+from runqy.config.resolve import describe_settings, load_settings, resolve_settings
 from runqy.errors import ConfigError, ConfigWarning
-from runqy.provenance import describe_settings
-from runqy.settings import load_settings, resolve_settings
 
 
 @pytest.fixture(autouse=True)

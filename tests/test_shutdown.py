@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import WorkerFactory
 
-from runqy.local import make_request
+from runqy.local.driver import make_request
 
 SLOW_WORKER = """
 import sys, time

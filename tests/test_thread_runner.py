@@ -14,11 +14,11 @@ from harness import WAIT_S, Replies, wait_until
 
 from runqy.app import Registry
 from runqy.attempts import RetryPolicy
+from runqy.config.resolve import load_settings
 from runqy.context import current_task
 from runqy.protocol import TaskRequest
 from runqy.runners.sequential import SequentialRunner
 from runqy.runners.thread import ThreadRunner, default_max_threads
-from runqy.settings import load_settings
 from runqy.worker import Worker
 
 

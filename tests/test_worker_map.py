@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from conftest import WorkerFactory, behaviours_registry
 
+from runqy.config.resolve import load_settings
 from runqy.errors import TaskFailed
-from runqy.settings import load_settings
 from runqy.worker import Worker
 
 

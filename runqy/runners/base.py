@@ -16,7 +16,7 @@ from runqy.protocol import TaskRequest, TaskResponse
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from runqy.settings import RunqySettings
+    from runqy.config.settings import RunqySettings
 
 __all__ = ["Capabilities", "Reply", "Runner"]
 

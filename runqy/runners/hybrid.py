@@ -22,7 +22,7 @@ from runqy.runners.base import Capabilities
 from runqy.runners.process import PersistentProcessRunner
 
 if TYPE_CHECKING:
-    from runqy.settings import RunqySettings
+    from runqy.config.settings import RunqySettings
 
 __all__ = ["DEFAULT_THREADS_PER_PROCESS", "HybridRunner"]
 

@@ -55,7 +55,7 @@ from runqy.runners.base import Capabilities, Reply, Runner
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from runqy.settings import RunqySettings
+    from runqy.config.settings import RunqySettings
 
 __all__ = ["PersistentProcessRunner", "default_num_processes"]
 

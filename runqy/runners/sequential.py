@@ -10,7 +10,7 @@ from runqy.runners.thread import PooledRunner
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from runqy.settings import RunqySettings
+    from runqy.config.settings import RunqySettings
 
 __all__ = ["SequentialRunner"]
 

@@ -31,7 +31,7 @@ from runqy.runners.base import Capabilities, Reply, Runner
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from runqy.settings import RunqySettings
+    from runqy.config.settings import RunqySettings
 
 __all__ = ["PooledRunner", "ThreadPool", "ThreadRunner", "default_max_threads"]
 

@@ -1,59 +1,37 @@
-"""The ``runqy`` command: serve a worker, drive one locally as the Go worker does, compare runners, inspect settings."""
+"""Options and helpers that several ``runqy`` subcommands share: one option per setting, task sources, JSON lines."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import types
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic.fields import FieldInfo
 
-from runqy.errors import ConfigError, RunqyError
-from runqy.settings import RunnerOptions, RunqySettings, env_var
+from runqy.config.settings import RunnerOptions, RunqySettings, env_var
+from runqy.errors import ConfigError
 
-__all__ = ["main"]
+__all__ = [
+    "DEFAULT_PAYLOAD",
+    "add_settings_options",
+    "add_task_source_options",
+    "read_jsonl",
+    "settings_arguments",
+    "settings_overrides",
+]
 
 #: Short spellings of the two options every runqy-python user knows.
 _ALIASES = {"runner_cls": ["--runner"], "python_workers": ["--workers"]}
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.command(args))
-    except (RunqyError, ValueError) as exc:
-        # ConfigError is a ValueError; anything else reaching here is a user-facing mistake too.
-        print(f"runqy: error: {exc}", file=sys.stderr)
-        return 2
+#: The payload of generated tasks when none is given: the built-in example counts its words.
+DEFAULT_PAYLOAD = '{"text": "the quick brown fox jumps over the lazy dog"}'
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="runqy", description=__doc__)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
-    run = commands.add_parser("run", help="serve a worker over stdin/stdout, as the Go worker starts it")
-    run.add_argument("target", help="the worker: a file (worker.py) or a module (pkg.worker)")
-    run.add_argument("--once", action="store_true", help="serve exactly one task (one-shot mode)")
-    _add_settings_options(run)
-    run.set_defaults(command=_cmd_run)
-
-    from runqy.bench_cli import add_bench_command
-    from runqy.config_cli import add_config_command
-    from runqy.local_cli import add_local_command
-
-    add_local_command(commands)
-    add_bench_command(commands)
-    add_config_command(commands)
-    return parser
-
-
-def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+def add_settings_options(parser: argparse.ArgumentParser) -> None:
     """One option per settings field, so the command line can set anything a TOML file can."""
     group = parser.add_argument_group("settings (win over RUNQY_* variables and TOML files)")
     for prefix, fields in (("", RunqySettings.model_fields), ("runner.", RunnerOptions.model_fields)):
@@ -110,25 +88,19 @@ def _is_union(annotation: Any) -> bool:
 
 
 def _help(info: FieldInfo, env_var: str) -> str:
-    """The field's own description (its docstring in runqy.settings), as plain text, and its variable."""
+    """The field's own description (its docstring in runqy.config.settings), as plain text, and its variable."""
     return f"{(info.description or '').replace('``', '')} [{env_var}]".lstrip()
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from runqy import worker
-    from runqy.settings import load_settings
-    from runqy.target import import_target
-
-    settings = load_settings(**settings_overrides(args))
-    import_target(args.target)
-    if worker.served_in_this_process():
-        return 0  # the module called run() itself while being imported, and that run is over
-    with worker.Worker(settings) as serve:
-        if args.once:
-            serve.run_once()
-        else:
-            serve.run()
-    return 0
+def add_task_source_options(parser: argparse.ArgumentParser, default_count: int) -> None:
+    """``--input`` / ``--generate`` / ``--payload``: where the tasks come from (shared with ``runqy bench``)."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input", type=Path, help="JSON lines: payloads, or full request objects with a task_id")
+    source.add_argument("--generate", type=int, metavar="N", help=f"send N generated tasks (default {default_count})")
+    parser.add_argument(
+        "--payload", default=DEFAULT_PAYLOAD, help="JSON payload of generated tasks; {n} in it becomes the task number"
+    )
+    parser.set_defaults(default_count=default_count)
 
 
 def read_jsonl(path: Path) -> Iterator[Any]:
@@ -140,7 +112,3 @@ def read_jsonl(path: Path) -> Iterator[Any]:
                     yield json.loads(line)
                 except ValueError as exc:
                     raise ConfigError(f"{path}:{number}: not a JSON line: {exc}") from None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,14 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from runqy.provenance import DEFAULT, describe_origin, describe_settings
+from runqy.cli.options import add_settings_options, settings_overrides
+from runqy.config.provenance import DEFAULT, describe_origin
+from runqy.config.resolve import describe_settings
 
 __all__ = ["add_config_command", "format_report"]
 
 
 def add_config_command(commands: Any) -> None:
-    from runqy.cli import _add_settings_options
-
     config = commands.add_parser(
         "config",
         help="print the resolved settings and the source of each value",
@@ -26,20 +26,18 @@ def add_config_command(commands: Any) -> None:
         action="store_true",
         help='print {"settings": ..., "sources": {"field": "origin"}, "runner": ..., "warnings": [...]}',
     )
-    _add_settings_options(config)
+    add_settings_options(config)
     config.set_defaults(command=_cmd_config)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from runqy.cli import settings_overrides
-
     report = describe_settings(settings_overrides(args), code_origin="cli")
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The report of :func:`~runqy.provenance.describe_settings` as an aligned table."""
+    """The report of :func:`~runqy.config.resolve.describe_settings` as an aligned table."""
     runner = report["runner"]
     caps = runner["capabilities"]
     lines = [

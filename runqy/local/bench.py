@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from runqy.config.settings import RUNNER_ALIASES, resolve_runner_class
 from runqy.errors import ConfigError
-from runqy.local import DEFAULT_STARTUP_TIMEOUT_S, LocalWorker, make_request
-from runqy.local_stats import Outcome, RunSummary
-from runqy.procstats import TreeSampler, TreeUsage
-from runqy.settings import RUNNER_ALIASES, resolve_runner_class
+from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S, LocalWorker, make_request
+from runqy.local.procstats import TreeSampler, TreeUsage
+from runqy.local.stats import Outcome, RunSummary
 
 __all__ = ["BenchResult", "available_runners", "format_table", "measure", "recommend"]
 

@@ -18,7 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Final
 
-from runqy.local_stats import Outcome
+from runqy.local.stats import Outcome
 
 __all__ = ["Bar", "assign_slots", "write_svg"]
 

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Final, TextIO
 
-from runqy.local_stats import RunSummary
+from runqy.local.stats import RunSummary
 
 __all__ = ["Progress"]
 

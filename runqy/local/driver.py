@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from runqy.errors import RunqyError
-from runqy.local_lines import MAX_STDERR_LINE_BYTES, judge_stdout_line, oversized, pump_lines
-from runqy.local_stats import Outcome, RunSummary
+from runqy.local.lines import MAX_STDERR_LINE_BYTES, judge_stdout_line, oversized, pump_lines
+from runqy.local.stats import Outcome, RunSummary
 
 __all__ = ["LocalWorker", "Outcome", "Pending", "RunSummary", "WorkerStartFailed", "make_request"]
 

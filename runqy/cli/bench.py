@@ -11,18 +11,16 @@ from typing import Any
 
 import psutil
 
-from runqy.bench import available_runners, compare, format_table, measure, recommend
+from runqy.cli.options import add_settings_options, add_task_source_options, read_jsonl, settings_arguments
 from runqy.errors import ConfigError
-from runqy.local import DEFAULT_STARTUP_TIMEOUT_S
-from runqy.timeline import assign_slots, write_svg
+from runqy.local.bench import available_runners, compare, format_table, measure, recommend
+from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S
+from runqy.local.timeline import assign_slots, write_svg
 
 __all__ = ["add_bench_command"]
 
 
 def add_bench_command(commands: Any) -> None:
-    from runqy.cli import _add_settings_options
-    from runqy.local_cli import add_task_source_options
-
     bench = commands.add_parser(
         "bench",
         help="compare the runners on your own handler and sample payloads",
@@ -43,13 +41,11 @@ def add_bench_command(commands: Any) -> None:
     bench.add_argument("--concurrency", type=int, default=16, help="requests in flight, the same for every runner")
     bench.add_argument("--timeline", type=Path, metavar="FILE.svg", help="also draw each run's schedule as SVG")
     bench.add_argument("--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S)
-    _add_settings_options(bench)
+    add_settings_options(bench)
     bench.set_defaults(command=_cmd_bench)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from runqy.cli import read_jsonl, settings_arguments
-
     runners = _runners(args.runners)
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency {args.concurrency}: expected at least 1 request in flight")

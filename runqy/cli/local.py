@@ -10,20 +10,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from runqy.cli.options import add_settings_options, add_task_source_options, read_jsonl, settings_arguments
 from runqy.errors import ConfigError
-from runqy.local import DEFAULT_STARTUP_TIMEOUT_S, LocalWorker, make_request
-from runqy.local_stats import STATUSES, RunSummary
-from runqy.progress import Progress
+from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S, LocalWorker, make_request
+from runqy.local.progress import Progress
+from runqy.local.stats import STATUSES, RunSummary
 
 __all__ = ["add_local_command", "requests_from_args"]
 
-#: The payload of generated tasks when none is given: the built-in example counts its words.
-DEFAULT_PAYLOAD = '{"text": "the quick brown fox jumps over the lazy dog"}'
-
 
 def add_local_command(commands: Any) -> None:
-    from runqy.cli import _add_settings_options
-
     local = commands.add_parser(
         "local",
         help="start a worker and feed it tasks as the Go worker does",
@@ -48,26 +44,13 @@ def add_local_command(commands: Any) -> None:
     )
     local.add_argument("--startup-timeout-s", type=float, default=DEFAULT_STARTUP_TIMEOUT_S)
     local.add_argument("--quiet-worker", action="store_true", help="do not show the worker's stderr")
-    _add_settings_options(local)
+    add_settings_options(local)
     local.set_defaults(command=_cmd_local)
-
-
-def add_task_source_options(parser: argparse.ArgumentParser, default_count: int) -> None:
-    """``--input`` / ``--generate`` / ``--payload``: where the tasks come from (shared with ``runqy bench``)."""
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--input", type=Path, help="JSON lines: payloads, or full request objects with a task_id")
-    source.add_argument("--generate", type=int, metavar="N", help=f"send N generated tasks (default {default_count})")
-    parser.add_argument(
-        "--payload", default=DEFAULT_PAYLOAD, help="JSON payload of generated tasks; {n} in it becomes the task number"
-    )
-    parser.set_defaults(default_count=default_count)
 
 
 def requests_from_args(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any]], int]:
     """The requests that ``--input`` or ``--generate`` describe, and how many there are."""
     if args.input is not None:
-        from runqy.cli import read_jsonl
-
         count = sum(1 for _ in read_jsonl(args.input))  # validates every line before the worker starts
         return (_as_request(item) for item in read_jsonl(args.input)), count
     count = args.generate if args.generate is not None else args.default_count
@@ -88,8 +71,6 @@ def _as_request(item: Any) -> dict[str, Any]:
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from runqy.cli import settings_arguments
-
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency {args.concurrency}: expected at least 1 request in flight")
     requests, total = requests_from_args(args)

@@ -1,7 +1,7 @@
 """Where each setting came from, found by asking every pydantic-settings source what it provides.
 
 The sources are the very objects settings resolution uses (see
-:func:`runqy.settings.file_sources`); each is called and returns the values it
+:func:`runqy.config.settings.file_sources`); each is called and returns the values it
 holds, so nothing here parses a file or the environment a second time.
 
 An origin is a short string: ``code``, ``cli``, ``env:RUNQY_NAME``, ``config:PATH``
@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import difflib
 import os
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource, InitSettingsSource
 
-from runqy.checks import DERIVED_FROM, resolve_runner
-from runqy.errors import ConfigError, ConfigWarning
-from runqy.settings import RunnerOptions, RunqySettings, env_var, file_sources, resolve_settings
+from runqy.config.checks import DERIVED_FROM
+from runqy.config.settings import RunnerOptions, RunqySettings, env_var, file_sources
+from runqy.errors import ConfigError
 
-__all__ = ["DEFAULT", "Layer", "describe_errors", "describe_settings", "describe_origin", "origins", "source_layers"]
+__all__ = ["DEFAULT", "Layer", "describe_errors", "describe_origin", "origins", "source_layers"]
 
 DEFAULT = "default"
 
@@ -111,40 +110,6 @@ def describe_origin(origin: str) -> str:
     return "the defaults" if origin == DEFAULT else origin
 
 
-def describe_settings(overrides: Mapping[str, Any] | None = None, *, code_origin: str = "code") -> dict[str, Any]:
-    """The resolved settings, the origin of each, the runner they choose and any warnings, as JSON-ready data.
-
-    This is what ``runqy config --json`` prints. It does not need the runner's module:
-    ``runner.available`` says whether it can be imported here.
-    """
-    overrides = dict(overrides or {})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConfigWarning)
-        settings = resolve_settings(overrides, code_origin=code_origin)
-    runner = resolve_runner(settings.runner_cls, settings.python_workers)
-    try:
-        settings.runner_class()
-        available, unavailable_reason = True, None
-    except ConfigError as exc:
-        available, unavailable_reason = False, str(exc)
-    return {
-        "settings": settings.model_dump(mode="json"),
-        "sources": origins(settings, source_layers(overrides, code_origin=code_origin)),
-        "runner": {
-            "name": runner.name,
-            "class": runner.path,
-            "available": available,
-            "unavailable_reason": unavailable_reason,
-            "capabilities": {
-                "hard_timeout": runner.capabilities.hard_timeout,
-                "shares_load_context": runner.capabilities.shares_load_context,
-                "cpu_parallel": runner.capabilities.cpu_parallel,
-            },
-        },
-        "warnings": [str(w.message) for w in caught if issubclass(w.category, ConfigWarning)],
-    }
-
-
 def describe_errors(
     exc: ValidationError, overrides: Mapping[str, Any], *, code_origin: str = "code"
 ) -> tuple[str, tuple[str, ...]]:
@@ -154,7 +119,7 @@ def describe_errors(
     fields: list[str] = []
     for error in exc.errors():
         cause = (error.get("ctx") or {}).get("error")
-        if isinstance(cause, ConfigError):  # a whole-configuration check (runqy.checks)
+        if isinstance(cause, ConfigError):  # a whole-configuration check (runqy.config.checks)
             where = [f"{f} from {describe_origin(origin_of(f, layers) or DEFAULT)}" for f in cause.fields]
             lines.append(f"  {cause}" + (f" ({'; '.join(where)})" if where else ""))
             fields += cause.fields

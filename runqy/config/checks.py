@@ -22,12 +22,12 @@ import pydantic
 import pydantic_settings
 from pydantic import BaseModel
 
-from runqy.catalog import BUILTIN_RUNNERS, RUNNER_SPECIFIC_FIELDS, RunnerSpec, find_builtin, import_runner
+from runqy.config.catalog import BUILTIN_RUNNERS, RUNNER_SPECIFIC_FIELDS, RunnerSpec, find_builtin, import_runner
 from runqy.errors import ConfigError, ConfigWarning
 from runqy.runners.base import Capabilities
 
 if TYPE_CHECKING:
-    from runqy.settings import RunqySettings
+    from runqy.config.settings import RunqySettings
 
 __all__ = [
     "DERIVED_FROM",

@@ -9,12 +9,10 @@ Go worker starts it), then the defaults below.
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,9 +22,9 @@ from pydantic_settings import (
 )
 
 from runqy.attempts import RetryPolicy, resolve_exception
-from runqy.catalog import BUILTIN_RUNNERS, import_runner
-from runqy.checks import caller_stacklevel, check_environment, check_settings
-from runqy.errors import ConfigError, ConfigWarning
+from runqy.config.catalog import BUILTIN_RUNNERS, import_runner
+from runqy.config.checks import check_settings
+from runqy.errors import ConfigError
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -40,9 +38,7 @@ __all__ = [
     "RunqySettings",
     "env_var",
     "file_sources",
-    "load_settings",
     "resolve_runner_class",
-    "resolve_settings",
 ]
 
 #: The environment variable naming a TOML settings file.
@@ -199,55 +195,6 @@ def config_file_path() -> Path | None:
     if not path.is_file():
         raise ConfigError(f"{CONFIG_ENV_VAR}={name}: no such file; point it at a TOML file like those in configs/")
     return path.resolve()
-
-
-def resolve_settings(overrides: Mapping[str, Any] | None = None, *, code_origin: str = "code") -> RunqySettings:
-    """Build and check settings from every source, without importing the runner.
-
-    ``overrides`` are the values given in code (nested as ``{"runner": {...}}``);
-    they win over every other source. Raises :class:`ConfigError` naming each bad
-    field and the source (file, environment variable or code) it came from.
-    """
-    overrides = dict(overrides or {})
-    check_environment(os.environ, set(RunqySettings.model_fields))
-    # Held back and issued again below with the source of each field, which only this level knows.
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConfigWarning)
-        try:
-            settings = RunqySettings(**overrides)
-        except ValidationError as exc:
-            from runqy.provenance import describe_errors
-
-            message, fields = describe_errors(exc, overrides, code_origin=code_origin)
-            raise ConfigError(message, fields=fields) from exc
-    _issue_again(caught, overrides, code_origin)
-    return settings
-
-
-def _issue_again(caught: list[warnings.WarningMessage], overrides: dict[str, Any], code_origin: str) -> None:
-    if not caught:
-        return
-    from runqy.provenance import describe_origin, origin_of, source_layers
-
-    layers = source_layers(overrides, code_origin=code_origin)
-    for record in caught:
-        warning = record.message
-        if not isinstance(warning, ConfigWarning):
-            warnings.warn_explicit(warning, record.category, record.filename, record.lineno)
-            continue
-        where = "; ".join(f"{f} from {describe_origin(origin_of(f, layers) or 'default')}" for f in warning.fields)
-        text = f"{warning} ({where})" if where else str(warning)
-        warnings.warn(ConfigWarning(text, fields=warning.fields), stacklevel=caller_stacklevel())
-
-
-def load_settings(**overrides: Any) -> RunqySettings:
-    """Resolve settings from every source and check that their runner can be imported.
-
-    Raises :class:`ConfigError` naming each bad field and its source.
-    """
-    settings = resolve_settings(overrides)
-    settings.runner_class()  # a runner missing from this installation fails here, before anything starts
-    return settings
 
 
 def resolve_runner_class(name: str) -> type[Runner]:
