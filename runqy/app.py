@@ -7,6 +7,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from runqy.context import Cancellation, _current
@@ -31,18 +32,25 @@ class Registry:
     def __init__(self) -> None:
         self.handler: Callable[..., Any] | None = None
         self.loader: Callable[[], Any] | None = None
+        #: The handler is a plain function that may run in a thread pool beside an event loop (async runner).
+        self.offload = False
 
     @overload
-    def task(self, fn: F, /) -> F: ...
+    def task(self, fn: F, /, *, offload: bool = False) -> F: ...
     @overload
-    def task(self, fn: None = None, /) -> Callable[[F], F]: ...
-    def task(self, fn: F | None = None, /) -> F | Callable[[F], F]:
-        """Register the task handler: ``handler(payload)`` or ``handler(payload, ctx)``; may be ``async def``."""
+    def task(self, fn: None = None, /, *, offload: bool = False) -> Callable[[F], F]: ...
+    def task(self, fn: F | None = None, /, *, offload: bool = False) -> F | Callable[[F], F]:
+        """Register the task handler: ``handler(payload)`` or ``handler(payload, ctx)``; may be ``async def``.
+
+        ``@task(offload=True)`` declares a plain ``def`` handler safe to run in a bounded
+        thread pool beside the event loop, so that the async runner accepts it.
+        """
         if fn is None:
-            return self.task
+            return partial(self.task, offload=offload)
         if self.handler is not None and self.handler is not fn:
             log.warning("@task %s replaces the handler registered before, %s", _name(fn), _name(self.handler))
         self.handler = fn
+        self.offload = offload
         return fn
 
     def load(self, fn: F, /) -> F:
@@ -50,16 +58,16 @@ class Registry:
         self.loader = fn
         return fn
 
-    def bind(self) -> BoundHandler:
+    def bind(self, loop: EventLoopThread | None = None) -> BoundHandler:
         """Run ``@load`` (in this process) and bind its result to the handler.
 
-        Raises :class:`HandlerNotRegistered` without a handler and :class:`LoadFailed`
-        when the loader raised.
+        An ``async def`` handler or loader runs on ``loop``, or on a loop of its own
+        when none is given. Raises :class:`HandlerNotRegistered` without a handler and
+        :class:`LoadFailed` when the loader raised.
         """
         if self.handler is None:
             raise HandlerNotRegistered("no task handler registered: decorate your handler function with @task")
-        loop = None
-        if _is_async(self.handler) or _is_async(self.loader):
+        if loop is None and (_is_async(self.handler) or _is_async(self.loader)):
             from runqy.aio import EventLoopThread
 
             loop = EventLoopThread()
@@ -106,7 +114,8 @@ class BoundHandler:
         try:
             coro = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
             result = await coro
-        except Exception as exc:  # noqa: BLE001 - every handler error becomes the task's error response
+        # Everything but the cancellation: a SystemExit raised on the loop would stop it for every task.
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - every handler error is answered
             return failure_response(request, exc, self.retry_exceptions)
         return TaskResponse(request.task_id, result)
 

@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from runqy.app import Registry, default_registry
-from runqy.errors import HandlerNotRegistered, LoadFailed, TaskFailed
+from runqy.errors import HandlerNotRegistered, HandlerUnsupported, LoadFailed, TaskFailed
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, error_status_line
 from runqy.runners.base import Runner
 from runqy.serve import Server
@@ -74,7 +74,7 @@ class Worker:
         channel = _claim_channel()
         try:
             runner = self.runner
-        except (HandlerNotRegistered, LoadFailed) as exc:
+        except (HandlerNotRegistered, HandlerUnsupported, LoadFailed) as exc:
             log.error("%s", exc, exc_info=isinstance(exc, LoadFailed))
             channel.send(error_status_line(str(exc)))
             _exit_now(channel, 1)

@@ -68,6 +68,8 @@ class RunnerOptions(BaseModel):
     """Threads in each child of the hybrid runner."""
     start_method: Literal["spawn", "forkserver"] = "spawn"
     """How child processes are started; never set globally for the process."""
+    max_concurrency: int = Field(default=1000, ge=1)
+    """Coroutines the async runner keeps running at once on its event loop."""
 
 
 class RunqySettings(BaseSettings):
