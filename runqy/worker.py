@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from functools import partial
 from types import TracebackType
@@ -13,6 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from runqy.app import Registry, default_registry
 from runqy.errors import HandlerNotRegistered, HandlerUnsupported, LoadFailed, TaskFailed
+from runqy.observe.logs import configure_logging, install_task_records
+from runqy.observe.prometheus import MetricsServer, MetricsUnavailable
+from runqy.observe.report import StatsReporter, WorkerStats, collect_stats
+from runqy.observe.telemetry import Telemetry
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, error_status_line
 from runqy.runners.base import Runner
 from runqy.serve import Server
@@ -49,12 +54,22 @@ class Worker:
         self.settings = settings or load_settings()
         self.registry = registry or default_registry
         self._runner: Runner | None = None
+        self._server: Server | None = None
+        settings = self.settings
+        #: What became of every task; read by :meth:`stats`, the stats line and the metrics.
+        self.telemetry = Telemetry(
+            measure=settings.stats_interval_s is not None or settings.metrics_port is not None,
+            slow_task_s=settings.slow_task_s,
+            log_every_task=settings.log_every_task,
+        )
 
     @property
     def runner(self) -> Runner:
         """The started runner (starting it, and so running ``@load``, on first use)."""
         if self._runner is None:
+            install_task_records()
             runner = self.settings.build_runner()
+            runner.telemetry = self.telemetry
             runner.start(self.registry)
             self._runner = runner
         return self._runner
@@ -70,16 +85,30 @@ class Worker:
     def _serve(self, *, one_shot: bool) -> None:
         global _served
         _served = True
-        _configure_logging(self.settings.log_level)
+        settings = self.settings
+        configure_logging(settings.log_level, settings.log_format)
         channel = _claim_channel()
+        metrics = MetricsServer(self.telemetry, self.stats)
         try:
+            if settings.metrics_port is not None:  # before the runner: a port in use fails start-up at once
+                metrics.start(settings.metrics_address, settings.metrics_port)
             runner = self.runner
-        except (HandlerNotRegistered, HandlerUnsupported, LoadFailed) as exc:
+        except (HandlerNotRegistered, HandlerUnsupported, LoadFailed, MetricsUnavailable) as exc:
             log.error("%s", exc, exc_info=isinstance(exc, LoadFailed))
             channel.send(error_status_line(str(exc)))
             _exit_now(channel, 1)
-        server = Server(runner, channel, shutdown_timeout_s=self.settings.shutdown_timeout_s, one_shot=one_shot)
-        code = server.serve()
+        server = Server(runner, channel, shutdown_timeout_s=settings.shutdown_timeout_s, one_shot=one_shot)
+        self._server = server
+        reporter = None
+        if settings.stats_interval_s is not None:
+            reporter = StatsReporter(self.telemetry, runner, server.inflight.__len__, settings.stats_interval_s)
+            reporter.start()
+        try:
+            code = server.serve()
+        finally:
+            if reporter is not None:
+                reporter.stop()
+            metrics.close()
         stuck = runner.abandoned_attempts
         if code != 0 or stuck or not server.drained:
             if stuck:
@@ -102,6 +131,12 @@ class Worker:
         list holds its ``TaskFailed`` instead.
         """
         return _map(self.runner, payloads, return_exceptions)
+
+    def stats(self) -> WorkerStats:
+        """The worker's figures since it was created: tasks by outcome, durations, and the runner's gauges now."""
+        in_flight = len(self._server.inflight) if self._server is not None else 0
+        period_s = time.monotonic() - self.telemetry.started_at
+        return collect_stats(self.telemetry.tally(), period_s, self._runner, in_flight)
 
     def close(self) -> None:
         """Close the runner (finishing what it runs) and release its threads or processes; the next use restarts it."""
@@ -205,16 +240,6 @@ def _exit_now(channel: ProtocolChannel, code: int) -> None:
     channel.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _configure_logging(level: str) -> None:
-    """Log runqy's own messages to stderr unless the application configured logging itself."""
-    if logging.getLogger().handlers or log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("runqy %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level)
 
 
 def load_settings(**overrides: Any) -> RunqySettings:

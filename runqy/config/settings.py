@@ -108,6 +108,18 @@ class RunqySettings(BaseSettings):
     """Timed-out threads left running before a warning (thread) or a recycle (hybrid)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of runqy's own log lines on stderr."""
+    log_format: Literal["text", "json"] = "text"
+    """runqy's stderr: ``text`` lines, or ``json``, one object per line for log pipelines."""
+    log_every_task: bool = False
+    """A log line for every task, not only for those that failed, were retried, timed out or ran slow."""
+    slow_task_s: float | None = Field(default=None, gt=0)
+    """A task that ran at least this long gets a log line; None for no such lines."""
+    stats_interval_s: float | None = Field(default=None, gt=0)
+    """Log a stats line this often; None (the default) for none."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve Prometheus metrics on ``/metrics`` at this port (0: any free one; needs ``runqy[metrics]``)."""
+    metrics_address: str = "0.0.0.0"
+    """The address the metrics endpoint listens on."""
     runner: RunnerOptions = RunnerOptions()
     """Options of the runner itself: the ``[tool.runqy.runner]`` table."""
 

@@ -55,6 +55,8 @@ class Job:
     seq: int = 0
     #: When the running attempt is given up (monotonic seconds), or None.
     deadline: float | None = None
+    #: When the running attempt was sent to its child (monotonic seconds).
+    started: float = 0.0
     done: bool = field(default=False)
 
 
@@ -88,6 +90,8 @@ class ChildProcess:
         self.memory_suspects: set[int] = set()
         #: Why we stopped or killed it; None while its exit would be a crash.
         self.stop_reason: str | None = None
+        #: Why it is replaced, as a metric label (timeout, memory, max_tasks, abandoned_threads); None when not.
+        self.stop_cause: str | None = None
         #: When to SIGKILL the group if the child has not exited by then.
         self.kill_at: float | None = None
         self.started_at = time.monotonic()

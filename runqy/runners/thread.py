@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 from runqy.app import BoundHandler, Registry
 from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
 from runqy.errors import RunnerClosed
+from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners.base import Capabilities, Reply, Runner
 
@@ -55,10 +56,15 @@ class ThreadPool:
     """
 
     def __init__(
-        self, handler: BoundHandler, policy: RetryPolicy, max_threads: int, name: str = "runqy-thread"
+        self,
+        handler: BoundHandler,
+        policy: RetryPolicy,
+        max_threads: int,
+        name: str = "runqy-thread",
+        observer: TaskObserver | None = None,
     ) -> None:
         self.max_threads = max_threads
-        self.engine = AttemptEngine(handler, policy, on_abandon=self._replace)
+        self.engine = AttemptEngine(handler, policy, on_abandon=self._replace, observer=observer)
         self._name = name
         # (request, reply, number of its first attempt here); None stops the threads.
         self._work: queue.SimpleQueue[tuple[TaskRequest, Reply, int] | None] = queue.SimpleQueue()
@@ -205,7 +211,7 @@ class PooledRunner(Runner):
         if self._pool is not None:
             return
         self._handler = registry.bind()
-        self._pool = ThreadPool(self._handler, self.policy, self.max_threads, self.thread_name)
+        self._pool = ThreadPool(self._handler, self.policy, self.max_threads, self.thread_name, self.telemetry)
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
         self._started().submit(request, reply)
