@@ -30,8 +30,7 @@ if os.environ.get("USER_FORMAT"):
     )
 log = logging.getLogger(__name__)
 
-@task
-def handle(payload):
+def work(payload):
     log.warning("handling %s", payload["n"])
     if payload.get("fail_chars"):
         try:
@@ -41,6 +40,15 @@ def handle(payload):
             raise
     time.sleep(payload.get("sleep_s", 0))  # stands for work of that length
     return payload["n"]
+
+if os.environ.get("RUNQY_RUNNER_CLS") == "async":  # the async runner runs async def handlers only
+    @task
+    async def handle(payload):
+        return work(payload)
+else:
+    @task
+    def handle(payload):
+        return work(payload)
 
 if __name__ == "__main__":
     run()

@@ -29,13 +29,14 @@ import collections
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from runqy.aio import EventLoopThread
 from runqy.app import BoundHandler, Registry, failure_response
-from runqy.attempts import RetryPolicy, timed_out
+from runqy.attempts import RetryPolicy, outcome_of, timed_out
 from runqy.errors import HandlerUnsupported, RunnerClosed
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners.base import Capabilities, Reply, Runner
@@ -196,13 +197,19 @@ class AsyncRunner(Runner):
 
     async def _attempts(self, request: TaskRequest) -> TaskResponse:
         """Attempts until one is final (success, plain failure, or out of retries)."""
-        policy, number = self.policy, 1
+        policy, observer, number = self.policy, self.telemetry, 1
         while True:
+            started = time.perf_counter() if observer.measures else None
             response = await self._attempt(request, number)
-            if not response.retry or number > policy.max_retries:
+            final = not response.retry or number > policy.max_retries
+            # As in the attempt engine: failures and measured tasks are observed, a quick success costs nothing.
+            if response.error is not None or started is not None:
+                duration_s = None if started is None else time.perf_counter() - started
+                observe = observer.finished if final else observer.retried
+                where = threading.current_thread().name
+                observe(request, number, outcome_of(response), duration_s, where, None, response.error)
+            if final:
                 return response
-            lines = (response.error or "").strip().splitlines()
-            log.info("task %s: attempt %d failed, retrying: %s", request.task_id, number, lines[-1] if lines else "")
             if policy.retry_backoff_s > 0:
                 await asyncio.sleep(policy.backoff_s(number))
             number += 1
@@ -236,6 +243,7 @@ class AsyncRunner(Runner):
                 await asyncio.wait((attempt,), timeout=_CANCEL_GRACE_S)
             if not attempt.done():
                 self._abandon(attempt)
+                self.telemetry.abandoned(request, number, threading.current_thread().name, timeout_s)
             log.warning("task %s: attempt %d timed out after %gs; cancelled", request.task_id, number, timeout_s)
             return timed_out(request, timeout_s, number)
         finally:
