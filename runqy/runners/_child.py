@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from runqy.app import BoundHandler, Registry
 from runqy.attempts import RetryPolicy
+from runqy.batching import BatchSpec
 from runqy.errors import HandlerNotRegistered, LoadFailed
 from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse
 
@@ -51,6 +52,7 @@ CHILD_ENV_VAR: Final = "RUNQY_CHILD_PROCESS"
 # Parent -> child.
 TASK: Final = 0  # (TASK, seq, attempt, request fields)
 STOP: Final = 1  # (STOP,): exit once idle
+BATCH: Final = 2  # (BATCH, [(seq, attempt, request fields), ...]): one call of a batch handler
 # Child -> parent.
 READY: Final = 0  # (READY, pid)
 LOAD_FAILED: Final = 1  # (LOAD_FAILED, message)
@@ -120,6 +122,8 @@ class ChildSpec:
     #: Send the child's RSS with every answer, for the between-task memory check.
     report_rss: bool = False
     log_level: int = logging.INFO
+    #: The handler takes lists of payloads; the parent forms the batches.
+    batch: BatchSpec | None = None
 
     @classmethod
     def for_registry(cls, registry: Registry, **options: Any) -> ChildSpec:
@@ -134,7 +138,7 @@ class ChildSpec:
                     f"{ref.module}.{ref.qualname} cannot be found by child processes: they import the worker "
                     "module by name, so @task and @load functions must be defined at the top level of a file"
                 )
-        return cls(handler, loader, **options)
+        return cls(handler, loader, batch=registry.batch_spec(), **options)
 
 
 def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> None:
@@ -146,7 +150,9 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
     sender = _Sender(conn, spec.report_rss)
     try:
         registry = Registry()
-        registry.task(spec.handler.resolve())
+        # max_wait 0 inside the child: the parent already waited for the batch it sent.
+        batch_size = spec.batch.size if spec.batch is not None else None
+        registry.task(batch_size=batch_size)(spec.handler.resolve())
         if spec.loader is not None:
             registry.load(spec.loader.resolve())
         handler = registry.bind()
@@ -164,6 +170,9 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
             _exit(0)  # the parent is gone or closed our pipe: nobody is left to answer
         if message[0] == STOP:
             _exit(0)
+        if message[0] == BATCH:
+            host.run_batch([(seq, attempt, TaskRequest(*fields)) for seq, attempt, fields in message[1]])
+            continue
         _, seq, attempt, fields = message
         host.run(seq, attempt, TaskRequest(*fields))
 
@@ -279,6 +288,9 @@ class _Host:
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
         raise NotImplementedError
 
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        raise NotImplementedError
+
 
 class _InlineHost(_Host):
     """One task at a time in the main thread: no hand-off, and the handler may use signals."""
@@ -289,6 +301,12 @@ class _InlineHost(_Host):
 
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
         self._sender.done(seq, attempt, self._handler.execute_blocking(request, attempt))
+
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        responses = self._handler.execute_batch_blocking([(request, attempt) for _, attempt, request in tasks])
+        # One answer per task: a result that cannot be sent fails only its own task.
+        for (seq, attempt, _), response in zip(tasks, responses, strict=True):
+            self._sender.done(seq, attempt, response)
 
 
 class _ThreadHost(_Host):
@@ -306,6 +324,12 @@ class _ThreadHost(_Host):
 
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
         self._pool.submit(request, functools.partial(self._answer, seq, attempt), attempt)
+
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        # Queued together: a free thread of the pool takes them as one call.
+        self._pool.submit_attempts(
+            [(request, functools.partial(self._answer, seq, attempt), attempt) for seq, attempt, request in tasks]
+        )
 
     def _answer(self, seq: int, attempt: int, response: TaskResponse) -> None:
         abandoned = self._pool.engine.abandoned
