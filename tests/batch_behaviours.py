@@ -29,21 +29,22 @@ def handle(payloads: list[Any]) -> Any:
         time.sleep(STUCK_S)
     batch = current_batch()
     call = [info.task_id for info in batch]
-    results: list[Any] = []
-    for payload, op, info in zip(payloads, ops, batch, strict=True):
-        if op == "fail":
-            results.append(ValueError(f"bad item {payload.get('n')}"))
-        elif op == "retryable":
-            results.append(RetryableError("try later"))
-        elif op == "not_json":
-            results.append({"a set": {1, 2}})
-        elif op == "current_task":
-            try:
-                current_task()
-            except RunqyError as exc:
-                results.append({"current_task": str(exc)})
-        else:
-            results.append({"payload": payload, "call": call, "attempt": info.attempt, "pid": os.getpid()})
+    results = [_item(payload, op, info.attempt, call) for payload, op, info in zip(payloads, ops, batch, strict=True)]
     if "short" in ops:
         results.pop()
     return results
+
+
+def _item(payload: Any, op: str, attempt: int, call: list[str]) -> Any:
+    if op == "fail":
+        return ValueError(f"bad item {payload.get('n')}")
+    if op == "retryable":
+        return RetryableError("try later")
+    if op == "not_json":
+        return {"a set": {1, 2}}
+    if op == "current_task":
+        try:
+            current_task()
+        except RunqyError as exc:
+            return {"current_task": str(exc)}
+    return {"payload": payload, "call": call, "attempt": attempt, "pid": os.getpid()}
