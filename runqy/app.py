@@ -61,7 +61,7 @@ class Registry:
 
     def _register(self, fn: F, *, batch_size: int | None, max_wait_ms: float | None) -> F:
         # Checked here, so that a bad value fails at import time, where it was written.
-        BatchSpec(batch_size or 1, (max_wait_ms or 0.0) / 1000)
+        BatchSpec(1 if batch_size is None else batch_size, (max_wait_ms or 0.0) / 1000)
         if self.handler is not None and self.handler is not fn:
             log.warning("@task %s replaces the handler registered before, %s", _name(fn), _name(self.handler))
         self.handler = fn
