@@ -255,24 +255,12 @@ class AttemptEngine:
 
     def _expire(self, attempt: _Attempt) -> None:
         """Give up on one attempt past its deadline."""
-        if self._running.pop(attempt, _GONE) is _GONE:
-            return  # it finished just now
-        attempt.cancelled = True
-        with self._lock:
-            self._abandoned += 1
-            abandoned = self._abandoned
+        if not self._abandon(attempt):
+            return
         timeout_s = self.policy.task_timeout_s
         assert timeout_s is not None
         request = attempt.request
         self._observer.abandoned(request, attempt.number, attempt.thread.name, timeout_s)
-        if abandoned > self.policy.max_abandoned_threads:
-            log.warning(
-                "%d timed-out attempts are still running in abandoned threads (max_abandoned_threads=%d): "
-                "make the handler return when current_task().cancelled is true, or use the process runner, "
-                "which kills timed-out tasks",
-                abandoned,
-                self.policy.max_abandoned_threads,
-            )
         response = timed_out(request, timeout_s, attempt.number)
         try:
             self._on_abandon(attempt.thread, partial(self._resume, attempt, response))
@@ -281,6 +269,27 @@ class AttemptEngine:
                 "task %s: cannot hand over the timed-out task; answering it with the timeout", request.task_id
             )
             attempt.reply(response)
+
+    def _abandon(self, attempt: _Attempt) -> bool:
+        """Claim an attempt past its deadline for the watchdog and count its thread as abandoned.
+
+        False when it finished just now (its own thread claimed it first).
+        """
+        if self._running.pop(attempt, _GONE) is _GONE:
+            return False
+        attempt.cancelled = True
+        with self._lock:
+            self._abandoned += 1
+            abandoned = self._abandoned
+        if abandoned > self.policy.max_abandoned_threads:
+            log.warning(
+                "%d timed-out attempts are still running in abandoned threads (max_abandoned_threads=%d): "
+                "make the handler return when current_task().cancelled is true, or use the process runner, "
+                "which kills timed-out tasks",
+                abandoned,
+                self.policy.max_abandoned_threads,
+            )
+        return True
 
     def _resume(self, attempt: _Attempt, response: TaskResponse) -> bool:
         """The rest of a task after its attempt timed out: reply, or back off and retry here."""

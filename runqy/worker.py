@@ -70,9 +70,13 @@ class Worker:
             install_task_records()
             runner = self.settings.build_runner()
             runner.telemetry = self.telemetry
-            runner.start(self.registry)
+            runner.start(self._configured_registry())
             self._runner = runner
         return self._runner
+
+    def _configured_registry(self) -> Registry:
+        # The batch settings fill in what @task(batch_size=..., max_wait_ms=...) left unset: code wins.
+        return self.registry.with_batch_defaults(self.settings.batch_size, self.settings.batch_max_wait_ms)
 
     def run(self) -> None:
         """Serve tasks from stdin until it closes or a signal arrives (long-running mode)."""
@@ -130,7 +134,8 @@ class Worker:
         ``return_exceptions=True`` every payload runs and a failed one's place in the
         list holds its ``TaskFailed`` instead.
         """
-        return _map(self.runner, payloads, return_exceptions)
+        batch = self._configured_registry().batch_spec()
+        return _map(self.runner, payloads, return_exceptions, batch.size if batch is not None else 1)
 
     def stats(self) -> WorkerStats:
         """The worker's figures since it was created: tasks by outcome, durations, and the runner's gauges now."""
@@ -178,10 +183,10 @@ def run_once(**settings: Any) -> None:
         worker.run_once()
 
 
-def _map(runner: Runner, payloads: Iterable[Any], return_exceptions: bool) -> list[Any]:
-    # Twice the capacity in flight: enough that no slot idles between tasks, few
-    # enough that a long or endless iterable is not read ahead.
-    limit = 2 * runner.capacity
+def _map(runner: Runner, payloads: Iterable[Any], return_exceptions: bool, batch_size: int) -> list[Any]:
+    # Twice the capacity (in batches) in flight: enough that no slot idles between
+    # calls, few enough that a long or endless iterable is not read ahead.
+    limit = 2 * runner.capacity * batch_size
     responses: list[TaskResponse | None] = []
     changed = threading.Condition()
     outstanding = 0

@@ -104,6 +104,10 @@ class RunqySettings(BaseSettings):
     """Recycle a child process after this many tasks (process and hybrid runners)."""
     max_memory_per_child_mb: int | None = Field(default=None, ge=1)
     """Recycle a child whose memory (with its descendants) exceeds this (process and hybrid runners)."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Calls of the handler take lists of up to this many payloads; ``@task(batch_size=...)`` wins."""
+    batch_max_wait_ms: float | None = Field(default=None, ge=0)
+    """How long a batch short of batch_size may wait for more tasks (default 0); ``@task(max_wait_ms=...)`` wins."""
     max_abandoned_threads: int = Field(default=16, ge=0)
     """Timed-out threads left running before a warning (thread) or a recycle (hybrid)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -37,6 +37,7 @@ from typing import Any, Final
 
 from runqy.app import BoundHandler, Registry
 from runqy.attempts import RetryPolicy, outcome_of
+from runqy.batching import BatchSpec
 from runqy.errors import HandlerNotRegistered, LoadFailed
 from runqy.observe.logs import LogFormat, configure_logging
 from runqy.observe.telemetry import FAILED
@@ -53,6 +54,7 @@ CHILD_ENV_VAR: Final = "RUNQY_CHILD_PROCESS"
 # Parent -> child.
 TASK: Final = 0  # (TASK, seq, attempt, request fields)
 STOP: Final = 1  # (STOP,): exit once idle
+BATCH: Final = 2  # (BATCH, [(seq, attempt, request fields), ...]): one call of a batch handler
 # Child -> parent.
 READY: Final = 0  # (READY, pid)
 LOAD_FAILED: Final = 1  # (LOAD_FAILED, message)
@@ -125,6 +127,8 @@ class ChildSpec:
     report_rss: bool = False
     log_level: int = logging.INFO
     log_format: LogFormat = "text"
+    #: The handler takes lists of payloads; the parent forms the batches.
+    batch: BatchSpec | None = None
 
     @classmethod
     def for_registry(cls, registry: Registry, **options: Any) -> ChildSpec:
@@ -139,7 +143,7 @@ class ChildSpec:
                     f"{ref.module}.{ref.qualname} cannot be found by child processes: they import the worker "
                     "module by name, so @task and @load functions must be defined at the top level of a file"
                 )
-        return cls(handler, loader, **options)
+        return cls(handler, loader, batch=registry.batch_spec(), **options)
 
 
 def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> None:
@@ -150,7 +154,9 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
     sender = _Sender(conn, spec.report_rss)
     try:
         registry = Registry()
-        registry.task(spec.handler.resolve())
+        # max_wait 0 inside the child: the parent already waited for the batch it sent.
+        batch_size = spec.batch.size if spec.batch is not None else None
+        registry.task(batch_size=batch_size)(spec.handler.resolve())
         if spec.loader is not None:
             registry.load(spec.loader.resolve())
         # After importing the worker's module, whose own logging setup wins, as in the parent.
@@ -171,6 +177,9 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
             _exit(0)  # the parent is gone or closed our pipe: nobody is left to answer
         if message[0] == STOP:
             _exit(0)
+        if message[0] == BATCH:
+            host.run_batch([(seq, attempt, TaskRequest(*fields)) for seq, attempt, fields in message[1]])
+            continue
         _, seq, attempt, fields = message
         host.run(seq, attempt, TaskRequest(*fields))
 
@@ -280,6 +289,9 @@ class _Host:
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
         raise NotImplementedError
 
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        raise NotImplementedError
+
 
 class _InlineHost(_Host):
     """One task at a time in the main thread: no hand-off, and the handler may use signals."""
@@ -292,6 +304,14 @@ class _InlineHost(_Host):
         started = time.perf_counter()
         response = self._handler.execute_blocking(request, attempt)
         self._sender.done(seq, attempt, response, time.perf_counter() - started)
+
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        started = time.perf_counter()
+        responses = self._handler.execute_batch_blocking([(request, attempt) for _, attempt, request in tasks])
+        duration_s = time.perf_counter() - started
+        # One answer per task: a result that cannot be sent fails only its own task.
+        for (seq, attempt, _), response in zip(tasks, responses, strict=True):
+            self._sender.done(seq, attempt, response, duration_s)
 
 
 class _ThreadHost(_Host):
@@ -309,6 +329,16 @@ class _ThreadHost(_Host):
 
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
         self._pool.submit(request, functools.partial(self._answer, seq, attempt, time.perf_counter()), attempt)
+
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        # Queued together: a free thread of the pool takes them as one call.
+        started = time.perf_counter()
+        self._pool.submit_attempts(
+            [
+                (request, functools.partial(self._answer, seq, attempt, started), attempt)
+                for seq, attempt, request in tasks
+            ]
+        )
 
     def _answer(self, seq: int, attempt: int, started: float, response: TaskResponse) -> None:
         abandoned = self._pool.engine.abandoned

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, Final
 
 from runqy.attempts import RetryPolicy
+from runqy.batching import BatchSpec
 from runqy.errors import RunnerBroken, RunnerClosed, TaskTimeout, WorkerCrashed
 from runqy.observe.telemetry import CRASHED, GAVE_UP, TIMED_OUT, TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
@@ -60,6 +61,8 @@ class Limits:
     max_memory_per_child_mb: int | None
     crash_limit: int
     crash_window_s: float
+    #: How calls of a batch handler are filled; None for one task per call.
+    batch: BatchSpec | None = None
 
 
 class Scheduler:
@@ -104,10 +107,11 @@ class Scheduler:
         with self.lock:
             if self.state is not State.RUNNING:
                 raise RunnerClosed(f"{len(tasks)} task(s) submitted while the process runner is {self.state.value}")
+            arrived = time.monotonic() if self.limits.batch is not None else 0.0
             for request, reply in tasks:
                 refusal = self._refusal_locked(request)
                 if refusal is None:
-                    self._pending.append(Job(request, reply))
+                    self._pending.append(Job(request, reply, arrived=arrived))
                 else:
                     outcome = GAVE_UP if refusal.retry else CRASHED
                     self._finish_locked(Job(request, reply), refusal, refused, outcome)
@@ -201,8 +205,7 @@ class Scheduler:
             else:
                 log.error("%s%s", crash, f" while running {len(jobs)} task(s)" if jobs else "")
                 self.on_child_failed_locked(str(crash))
-        for job in jobs:
-            self._crashed_locked(job, str(crash), replies, child.pid)
+        self._all_crashed_locked(jobs, str(crash), replies, child.pid)
 
     def on_child_failed_locked(self, what: str) -> None:
         """Count an unexpected child exit; too many in a short window break the runner."""
@@ -226,6 +229,11 @@ class Scheduler:
 
     def next_due_locked(self) -> float:
         due = self._retries[0][0] if self._retries else math.inf
+        spec = self.limits.batch
+        if spec is not None and self._pending and not self._pending[0].pin:
+            batch_due = spec.due(self._pending[0].arrived)
+            if batch_due > time.monotonic():  # past due, it waits for a free child, whose answer wakes us
+                due = min(due, batch_due)
         for child in self.children:
             for job in child.inflight.values():
                 if job.deadline is not None and job.deadline < due:
@@ -236,7 +244,7 @@ class Scheduler:
         for child in list(self.children):
             overdue = [job for job in child.inflight.values() if job.deadline is not None and now >= job.deadline]
             if overdue:
-                self._timed_out_locked(child, overdue[0], replies)
+                self._timed_out_locked(child, overdue, replies)
         while self._retries and self._retries[0][0] <= now:
             self._pending.append(heapq.heappop(self._retries)[2])
         self._dispatch_locked()
@@ -270,21 +278,56 @@ class Scheduler:
         else:
             child.stop(reason)
 
-    def _timed_out_locked(self, child: ChildProcess, job: Job, replies: Replies) -> None:
-        timeout = TaskTimeout(self.policy.task_timeout_s or 0.0, job.attempt)
-        task_id = job.request.task_id
-        log.warning("task %s: %s; killing child process %d and its process group", task_id, timeout, child.pid)
-        del child.inflight[job.seq]
+    def _timed_out_locked(self, child: ChildProcess, overdue: list[Job], replies: Replies) -> None:
+        # Several overdue at once: the tasks of one batch call, which share its deadline.
+        task_id = overdue[0].request.task_id
+        log.warning(
+            "task %s: %s; killing child process %d and its process group",
+            task_id,
+            TaskTimeout(self.policy.task_timeout_s or 0.0, overdue[0].attempt),
+            child.pid,
+        )
+        for job in overdue:
+            del child.inflight[job.seq]
         others = list(child.inflight.values())
         child.inflight.clear()
         child.kill(f"task {task_id} timed out")
         child.stop_cause = "timeout"
-        where = (TIMED_OUT, time.monotonic() - job.started, "-", child.pid)
-        self._retry_or_finish_locked(job, TaskResponse.failure(task_id, str(timeout), retry=True), replies, where)
+        for job in overdue:
+            timeout = TaskTimeout(self.policy.task_timeout_s or 0.0, job.attempt)
+            response = TaskResponse.failure(job.request.task_id, str(timeout), retry=True)
+            where = (TIMED_OUT, time.monotonic() - job.started, "-", child.pid)
+            self._retry_or_finish_locked(job, response, replies, where)
         for other in others:
             why = f"worker process {child.pid} was killed because another task in it timed out"
             failure = TaskResponse.failure(other.request.task_id, why, retry=True)
             self._retry_or_finish_locked(other, failure, replies, (CRASHED, None, "-", child.pid))
+
+    def _all_crashed_locked(self, jobs: list[Job], why: str, replies: Replies, pid: int) -> None:
+        """The tasks a child was running when it died: each on its own, or, for batches, bisected.
+
+        No task of a crashed batch is blamed for it: the batch is split in halves, each
+        run alone as one call on a child with nothing else, until the task that kills
+        its child crashes one alone: that one is the poison; the others are answered
+        with their results.
+        """
+        if self.limits.batch is None or (len(jobs) == 1 and not jobs[0].suspect):
+            for job in jobs:
+                self._crashed_locked(job, why, replies, pid)
+        elif len(jobs) == 1:
+            job = jobs[0]
+            self._crashes.mark_poison(job.request.task_id)
+            poison = f"{why}; this task brought down a worker process alone after its batch crashed one: not retried"
+            failure = TaskResponse.failure(job.request.task_id, poison)
+            self._finish_locked(job, failure, replies, CRASHED, time.monotonic() - job.started, "-", pid)
+        elif jobs:
+            log.warning("a batch of %d task(s) crashed its child; running it in halves to find the cause", len(jobs))
+            half = len(jobs) // 2
+            for group in (jobs[:half], jobs[half:]):
+                pin = next(self._seq)
+                for job in group:
+                    job.pin, job.suspect, job.deadline = pin, True, None
+            self._pending.extendleft(reversed(jobs))  # first: they have waited longest
 
     def _crashed_locked(self, job: Job, why: str, replies: Replies, pid: int) -> None:
         task_id = job.request.task_id
@@ -311,6 +354,7 @@ class Scheduler:
         delay_s = self.policy.backoff_s(job.attempt)
         job.attempt += 1
         job.deadline = None
+        job.pin = 0  # a retry joins later batches like any task
         if delay_s > 0:
             heapq.heappush(self._retries, (time.monotonic() + delay_s, next(self._seq), job))
             self._wake_if_sooner(self._retries[0][0])
@@ -345,6 +389,9 @@ class Scheduler:
         return None
 
     def _dispatch_locked(self) -> None:
+        if self.limits.batch is not None:
+            self._dispatch_batches_locked(self.limits.batch)
+            return
         slots = self.limits.slots_per_child
         while self._pending:
             best: ChildProcess | None = None
@@ -366,6 +413,50 @@ class Scheduler:
                 self._pending.appendleft(job)
             elif job.deadline is not None:
                 self._wake_if_sooner(job.deadline)
+
+    def _dispatch_batches_locked(self, spec: BatchSpec) -> None:
+        """Send batch calls to free children: a free child is one running fewer calls than its slots."""
+        while self._pending:
+            head = self._pending[0]
+            child = self._free_child_locked(isolated=bool(head.pin))
+            if child is None:
+                return
+            if head.pin:  # a half of a crashed batch: exactly that half, as one call
+                size = next((i for i, job in enumerate(self._pending) if job.pin != head.pin), len(self._pending))
+            else:
+                waiting = next(
+                    (i for i, job in enumerate(itertools.islice(self._pending, spec.size)) if job.pin),
+                    min(spec.size, len(self._pending)),
+                )
+                size = spec.take_now(waiting, head.arrived, time.monotonic())
+                if size == 0:
+                    self._wake_if_sooner(spec.due(head.arrived))
+                    return
+            jobs = [self._pending.popleft() for _ in range(size)]
+            deadline = self.limits.attempt_deadline(time.monotonic())
+            for job in jobs:
+                job.seq = next(self._seq)
+                job.batch = jobs[0].seq
+                job.deadline = deadline
+                child.inflight[job.seq] = job
+            if not child.send_batch(jobs):
+                for job in jobs:  # its pipe is closed: the child is dying, and the supervisor will see its exit
+                    del child.inflight[job.seq]
+                child.state = ChildState.DOOMED
+                self._pending.extendleft(reversed(jobs))
+            elif deadline is not None:
+                self._wake_if_sooner(deadline)
+
+    def _free_child_locked(self, *, isolated: bool) -> ChildProcess | None:
+        """The least busy ready child that can take a call; with ``isolated``, only one running nothing."""
+        best: ChildProcess | None = None
+        for child in self.children:
+            if child.state is not ChildState.READY or child.isolated:
+                continue
+            load = child.batches
+            if load < (1 if isolated else self.limits.slots_per_child) and (best is None or load < best.batches):
+                best = child
+        return best
 
     def _wake_if_sooner(self, due: float) -> None:
         if self.supervisor is not None and due < self.supervisor.wake_at:
@@ -404,8 +495,7 @@ class Scheduler:
                 child.inflight.clear()
                 child.kill(what)
                 child.stop_cause = "memory"
-                for job in jobs:
-                    self._crashed_locked(job, f"task stopped: {what}", replies, child.pid)
+                self._all_crashed_locked(jobs, f"task stopped: {what}", replies, child.pid)
         for reply, response in replies:
             reply(response)
         if self.supervisor is not None:

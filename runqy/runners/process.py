@@ -44,6 +44,7 @@ import psutil
 
 from runqy.app import Registry
 from runqy.attempts import RetryPolicy
+from runqy.batching import BatchSpec
 from runqy.errors import LoadFailed, RunnerClosed
 from runqy.observe.logs import configured_format
 from runqy.protocol import TaskRequest
@@ -108,6 +109,7 @@ class PersistentProcessRunner(Runner):
         self._supervisor: ChildSupervisor | None = None
         self._monitor: threading.Thread | None = None
         self._closing = threading.Event()
+        self._batch: BatchSpec | None = None
 
     @classmethod
     def from_settings(cls, settings: RunqySettings) -> Self:
@@ -158,6 +160,7 @@ class PersistentProcessRunner(Runner):
             # Children fork from a server that already imported runqy and the worker module.
             preload = ["runqy.runners._child"] + [ref.module for ref in (spec.handler,) if ref.module != "__main__"]
             self._ctx.set_forkserver_preload(preload)
+        self._batch = registry.batch_spec()
         scheduler = self._scheduler = Scheduler(self._limits(), self.telemetry)
         self._supervisor = ChildSupervisor(self._ctx, spec, scheduler.lock, scheduler, lambda exc: self.on_fatal(exc))
         scheduler.attach(self._supervisor)
@@ -228,4 +231,5 @@ class PersistentProcessRunner(Runner):
             max_memory_per_child_mb=self.max_memory_per_child_mb,
             crash_limit=self.crash_limit,
             crash_window_s=self.crash_window_s,
+            batch=self._batch,
         )
