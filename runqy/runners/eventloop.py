@@ -133,6 +133,11 @@ class AsyncRunner(Runner):
                 f'use runner_cls = "thread" for a blocking handler, make it async def, or register it with '
                 f"@task(offload=True) to run it in a bounded thread pool beside the event loop"
             )
+        if registry.batch_size is not None:
+            raise HandlerUnsupported(
+                'runner_cls = "async" does not run batch handlers (@task(batch_size=...)) yet; fix: use '
+                'runner_cls = "thread" (async def batch handlers run there too), or drop batch_size'
+            )
         loop, self.loop_name = new_event_loop()
         thread = EventLoopThread(loop)
         try:
