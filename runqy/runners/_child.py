@@ -3,12 +3,14 @@
 :func:`child_main` is the target of every child process. It isolates the child (own
 session, fd 1 on stderr, no stdin, faulthandler, death with the parent), finds the
 user's handler by module and name, runs ``@load``, says ready, and then runs what
-the parent sends, one message per pipe frame (pickled tuples, see the tags below).
+the parent sends, one message per frame (tuples, see the tags below and ``_wire``).
 
 The one seam between the process and the hybrid runner is here: a child with
-``threads == 0`` runs each task inline in its main thread (the parent sends it one
-task at a time); a child with ``threads > 0`` runs them on the thread runner's
-:class:`~runqy.runners.thread.ThreadPool`, one attempt per message, which gives
+``threads == 0`` runs the tasks of a message inline in its main thread, one after
+the other in the order sent, and sends each answer before it starts the next task:
+so the parent always knows which task was running when the child died, or overran
+its timeout. A child with ``threads > 0`` runs them on the thread runner's
+:class:`~runqy.runners.thread.ThreadPool`, one attempt per task, which gives
 thread-level timeouts. Everything else (retries, hard timeouts, crashes, recycling)
 is decided by the parent.
 """
@@ -25,7 +27,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import pickle
 import signal
 import sys
 import threading
@@ -33,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from runqy.app import BoundHandler, Registry
 from runqy.attempts import RetryPolicy, outcome_of
@@ -42,6 +43,7 @@ from runqy.errors import HandlerNotRegistered, LoadFailed
 from runqy.observe.logs import LogFormat, configure_logging
 from runqy.observe.telemetry import FAILED
 from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse
+from runqy.runners._wire import FrameReader, encode, write_frame
 
 __all__ = ["CHILD_ENV_VAR", "ChildSpec", "HandlerRef", "child_main"]
 
@@ -52,7 +54,7 @@ log = logging.getLogger("runqy")
 CHILD_ENV_VAR: Final = "RUNQY_CHILD_PROCESS"
 
 # Parent -> child.
-TASK: Final = 0  # (TASK, seq, attempt, request fields)
+TASKS: Final = 0  # (TASKS, [(seq, attempt, request fields), ...]): tasks, each a call of its own
 STOP: Final = 1  # (STOP,): exit once idle
 BATCH: Final = 2  # (BATCH, [(seq, attempt, request fields), ...]): one call of a batch handler
 # Child -> parent.
@@ -63,10 +65,13 @@ LOAD_FAILED: Final = 1  # (LOAD_FAILED, message)
 DONE: Final = 2
 RETIRE: Final = 3  # (RETIRE, reason): recycle me once my tasks are done
 
-#: A pickled result this big cannot become a response line under MAX_LINE_BYTES (JSON of
-#: any value is at least a third of its pickle), so it is refused here instead of being
-#: copied through the pipe and into the parent's memory first.
-_MAX_RESULT_PICKLE_BYTES: Final = 3 * MAX_LINE_BYTES
+#: An encoded result this big cannot become a response line under MAX_LINE_BYTES (JSON of
+#: any value is at least a third of its marshal or pickle), so it is refused here instead
+#: of being copied through the pipe and into the parent's memory first.
+_MAX_RESULT_FRAME_BYTES: Final = 3 * MAX_LINE_BYTES
+
+#: Build a request from its fields in C (``TaskRequest(*fields)`` is a Python call).
+_new_request: Final = functools.partial(tuple.__new__, TaskRequest)
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,8 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
     os.environ[CHILD_ENV_VAR] = "1"
     _isolate()
     _die_with_parent()
-    sender = _Sender(conn, spec.report_rss)
+    # The connection's own descriptor, read and written directly (see _wire).
+    sender = _Sender(conn.fileno(), spec.report_rss)
     try:
         registry = Registry()
         # max_wait 0 inside the child: the parent already waited for the batch it sent.
@@ -170,18 +176,22 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
         _exit(1)
     host: _Host = _InlineHost(handler, sender) if spec.threads == 0 else _ThreadHost(handler, sender, spec)
     sender.send((READY, os.getpid()))
+    reader = FrameReader(conn.fileno())
     while True:
         try:
-            message = pickle.loads(conn.recv_bytes())
-        except (EOFError, OSError):
+            messages = reader.read()
+        except OSError:
+            messages = None
+        if messages is None:
             _exit(0)  # the parent is gone or closed our pipe: nobody is left to answer
-        if message[0] == STOP:
-            _exit(0)
-        if message[0] == BATCH:
-            host.run_batch([(seq, attempt, TaskRequest(*fields)) for seq, attempt, fields in message[1]])
-            continue
-        _, seq, attempt, fields = message
-        host.run(seq, attempt, TaskRequest(*fields))
+        for tag, *body in messages:
+            if tag == STOP:
+                _exit(0)
+            tasks = [(seq, attempt, _new_request(fields)) for seq, attempt, fields in body[0]]
+            if tag == BATCH:
+                host.run_batch(tasks)
+            else:
+                host.run_all(tasks)
 
 
 def _isolate() -> None:
@@ -223,7 +233,7 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="runqy-parent-watch", daemon=True).start()
 
 
-def _exit(code: int) -> None:
+def _exit(code: int) -> NoReturn:
     # os._exit: interpreter shutdown would wait for abandoned attempt threads forever.
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
@@ -234,42 +244,47 @@ def _exit(code: int) -> None:
 class _Sender:
     """Writes messages to the parent; one lock, because threads of a hybrid child answer concurrently."""
 
-    def __init__(self, conn: multiprocessing.connection.Connection, report_rss: bool) -> None:
-        self._conn = conn
+    def __init__(self, fd: int, report_rss: bool) -> None:
+        self._fd = fd
         self._lock = threading.Lock()
         self._rss: Callable[[], int] = _rss_reader() if report_rss else _no_rss
 
     def send(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-        with self._lock:
-            try:
-                self._conn.send_bytes(data)
-            except OSError:
-                _exit(0)  # the parent is gone
+        self._write(encode(message))
 
     def done(self, seq: int, attempt: int, response: TaskResponse, duration_s: float, abandoned: int = 0) -> None:
+        self._write(self._answer(seq, attempt, response, duration_s, abandoned))
+
+    def done_together(self, answers: list[tuple[int, int, TaskResponse]], duration_s: float) -> None:
+        """The answers of one batch call, in one write: they were ready at the same moment."""
+        self._write(b"".join(self._answer(seq, attempt, response, duration_s, 0) for seq, attempt, response in answers))
+
+    def _answer(self, seq: int, attempt: int, response: TaskResponse, duration_s: float, abandoned: int) -> bytes:
+        """The frame of one answer; a result that cannot be sent fails only its own task."""
         task_id, result, error, retry = response
         observed = (outcome_of(response), duration_s, threading.current_thread().name)
         message = (DONE, seq, attempt, task_id, result, error, retry, self._rss(), abandoned, *observed)
         try:
-            data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+            data = encode(message)
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the task still gets one answer
             data = _failure(seq, attempt, task_id, f"result cannot be sent from the child process: {exc!r}")
-        if len(data) > _MAX_RESULT_PICKLE_BYTES:
+        if len(data) > _MAX_RESULT_FRAME_BYTES:
             size_mib = len(data) / 2**20
             why = f"result is about {size_mib:.0f} MiB; a response line must stay under {MAX_LINE_BYTES // 2**20} MiB"
             data = _failure(seq, attempt, task_id, why + ": store large outputs elsewhere and return a reference")
+        return data
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
             try:
-                self._conn.send_bytes(data)
+                write_frame(self._fd, data)
             except OSError:
-                _exit(0)
+                _exit(0)  # the parent is gone
 
 
 def _failure(seq: int, attempt: int, task_id: str, error: str) -> bytes:
     thread = threading.current_thread().name
-    message = (DONE, seq, attempt, task_id, None, error, False, 0, 0, FAILED, None, thread)
-    return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+    return encode((DONE, seq, attempt, task_id, None, error, False, 0, 0, FAILED, None, thread))
 
 
 def _no_rss() -> int:
@@ -286,7 +301,8 @@ def _rss_reader() -> Callable[[], int]:
 class _Host:
     """Runs the tasks of one child: the seam between the process and the hybrid runner."""
 
-    def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
+    def run_all(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        """Run tasks sent in one message, each as a call of its own."""
         raise NotImplementedError
 
     def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
@@ -300,18 +316,20 @@ class _InlineHost(_Host):
         self._handler = handler
         self._sender = sender
 
-    def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
-        started = time.perf_counter()
-        response = self._handler.execute_blocking(request, attempt)
-        self._sender.done(seq, attempt, response, time.perf_counter() - started)
+    def run_all(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        execute, done, clock = self._handler.execute_blocking, self._sender.done, time.perf_counter
+        for seq, attempt, request in tasks:
+            started = clock()
+            response = execute(request, attempt)
+            # Sent before the next task starts: the parent's account of which task is running
+            # (for its timeout, and for the blame when this process dies) depends on it.
+            done(seq, attempt, response, clock() - started)
 
     def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
         started = time.perf_counter()
         responses = self._handler.execute_batch_blocking([(request, attempt) for _, attempt, request in tasks])
-        duration_s = time.perf_counter() - started
-        # One answer per task: a result that cannot be sent fails only its own task.
-        for (seq, attempt, _), response in zip(tasks, responses, strict=True):
-            self._sender.done(seq, attempt, response, duration_s)
+        answers = [(seq, attempt, response) for (seq, attempt, _), response in zip(tasks, responses, strict=True)]
+        self._sender.done_together(answers, time.perf_counter() - started)
 
 
 class _ThreadHost(_Host):
@@ -327,8 +345,10 @@ class _ThreadHost(_Host):
         self._max_abandoned = spec.policy.max_abandoned_threads
         self._retiring = False
 
-    def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
-        self._pool.submit(request, functools.partial(self._answer, seq, attempt, time.perf_counter()), attempt)
+    def run_all(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        started = time.perf_counter()
+        for seq, attempt, request in tasks:
+            self._pool.submit(request, functools.partial(self._answer, seq, attempt, started), attempt)
 
     def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
         # Queued together: a free thread of the pool takes them as one call.

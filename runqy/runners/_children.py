@@ -10,7 +10,6 @@ import contextlib
 import enum
 import logging
 import os
-import pickle
 import signal
 import threading
 import time
@@ -22,7 +21,8 @@ from typing import Any, Final
 import psutil
 
 from runqy.protocol import TaskRequest
-from runqy.runners._child import BATCH, CHILD_ENV_VAR, STOP, TASK, ChildSpec, child_main
+from runqy.runners._child import BATCH, CHILD_ENV_VAR, STOP, TASKS, ChildSpec, child_main
+from runqy.runners._wire import FrameReader, encode, write_frame
 from runqy.runners.base import Reply
 
 __all__ = ["ChildProcess", "ChildState", "Job", "tree_rss_bytes", "watch_memory"]
@@ -53,9 +53,10 @@ class Job:
     attempt: int = 1
     #: Identifies the attempt in flight: a reply carrying another seq is a late one and dropped.
     seq: int = 0
-    #: When the running attempt is given up (monotonic seconds), or None.
+    #: When the running attempt is given up (monotonic seconds), or None (also while it waits in its child).
     deadline: float | None = None
-    #: When the running attempt was sent to its child (monotonic seconds).
+    #: When the running attempt started: sent to its child, or, queued there behind others,
+    #: when the one before it was answered (monotonic seconds).
     started: float = 0.0
     done: bool = field(default=False)
     #: When it was submitted (monotonic seconds); set for batch handlers, whose short batches wait from then.
@@ -88,8 +89,11 @@ class ChildProcess:
                     os.environ[CHILD_ENV_VAR] = previous
         child_end.close()
         self.conn = parent_end
+        #: The messages from the child, read from the connection's own descriptor (see _wire).
+        self.inbox = FrameReader(parent_end.fileno())
         self.pid: int = self.process.pid
         self.state = ChildState.STARTING
+        #: Its jobs by seq, in the order sent (the order a process-runner child runs them in).
         self.inflight: dict[int, Job] = {}
         self.tasks_done = 0
         #: Timed-out attempts still running in its threads (hybrid), as of its last answer.
@@ -113,9 +117,9 @@ class ChildProcess:
     def sentinel(self) -> int:
         return int(self.process.sentinel)
 
-    def send_task(self, job: Job) -> bool:
-        """Send one attempt of a job; False when the pipe is broken (the child is dying)."""
-        return self._send((TASK, job.seq, job.attempt, tuple(job.request)))
+    def send_tasks(self, jobs: list[Job]) -> bool:
+        """Send attempts of jobs in one message, each a call of its own; False when the pipe is broken."""
+        return self._send((TASKS, [(job.seq, job.attempt, tuple(job.request)) for job in jobs]))
 
     def send_batch(self, jobs: list[Job]) -> bool:
         """Send one call of a batch handler: every job's attempt in one message; False when the pipe is broken."""
@@ -172,7 +176,7 @@ class ChildProcess:
 
     def _send(self, message: tuple[Any, ...]) -> bool:
         try:
-            self.conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+            write_frame(self.inbox.fd, encode(message))
         except OSError:
             return False
         return True

@@ -17,18 +17,16 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, Final
 
-from runqy.attempts import RetryPolicy
-from runqy.batching import BatchSpec
 from runqy.errors import RunnerBroken, RunnerClosed, TaskTimeout, WorkerCrashed
 from runqy.observe.telemetry import CRASHED, GAVE_UP, TIMED_OUT, TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE
 from runqy.runners._children import ChildProcess, ChildState, Job
 from runqy.runners._crashes import CrashLedger
+from runqy.runners._dispatch import Dispatcher, Limits
 from runqy.runners._supervisor import ChildSupervisor, Replies
 from runqy.runners.base import Reply
 
@@ -47,25 +45,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What the runner's configuration asks of the scheduler."""
-
-    policy: RetryPolicy
-    num_processes: int
-    #: Tasks one child runs at once (1 for the process runner).
-    slots_per_child: int
-    #: When an attempt started at the given time is given up by killing its child.
-    attempt_deadline: Callable[[float], float | None]
-    max_tasks_per_child: int | None
-    max_memory_per_child_mb: int | None
-    crash_limit: int
-    crash_window_s: float
-    #: How calls of a batch handler are filled; None for one task per call.
-    batch: BatchSpec | None = None
-
-
-class Scheduler:
+class Scheduler(Dispatcher):
     """The tasks of one process runner, and the children's share of them."""
 
     def __init__(self, limits: Limits, observer: TaskObserver | None = None) -> None:
@@ -85,6 +65,11 @@ class Scheduler:
         self._broken: RunnerBroken | None = None
         self._fatal_to_report: RunnerBroken | None = None
         self._deferred: Replies = []
+        #: A child's tasks run one after the other, so only the first of its jobs is running;
+        #: the others wait in the child (see _dispatch_in_order_locked).
+        self._queued_in_child = limits.in_order and limits.batch is None
+        #: Recent task duration in the children (a moving average), None before the first answer.
+        self._typical_s: float | None = None
 
     def attach(self, supervisor: ChildSupervisor) -> None:
         self.supervisor = supervisor
@@ -166,18 +151,7 @@ class Scheduler:
     def on_message_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
         tag = message[0]
         if tag == DONE:
-            _, seq, attempt, task_id, result, error, retry, rss, child.abandoned, outcome, duration_s, thread = message
-            job = child.inflight.pop(seq, None)
-            if job is None or job.attempt != attempt:
-                log.debug("dropping a late answer for task %s attempt %d from child %d", task_id, attempt, child.pid)
-                return
-            child.tasks_done += 1
-            self._crashes.made_progress()
-            if error is None:
-                self._crashes.forget(task_id)
-            where = (outcome, duration_s, thread, child.pid)
-            self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies, where)
-            self._after_task_locked(child, rss)
+            self._answered_locked(child, message, replies)
         elif tag == READY:
             if child.state is ChildState.STARTING:
                 child.state = ChildState.READY
@@ -191,6 +165,25 @@ class Scheduler:
                 log.error("a replacement child process failed to load: %s", message[1])
         elif tag == RETIRE:
             self._retire_locked(child, str(message[1]), "abandoned_threads")
+
+    def _answered_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
+        _, seq, attempt, task_id, result, error, retry, rss, child.abandoned, outcome, duration_s, thread = message
+        job = child.inflight.pop(seq, None)
+        if job is None or job.attempt != attempt:
+            log.debug("dropping a late answer for task %s attempt %d from child %d", task_id, attempt, child.pid)
+            return
+        child.tasks_done += 1
+        if duration_s is not None:
+            typical = self._typical_s
+            self._typical_s = duration_s if typical is None else typical + (duration_s - typical) / 8
+        if self._queued_in_child and child.inflight:
+            self._start_next_locked(child)
+        self._crashes.made_progress()
+        if error is None:
+            self._crashes.forget(task_id)
+        where = (outcome, duration_s, thread, child.pid)
+        self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies, where)
+        self._after_task_locked(child, rss)
 
     def on_exit_locked(self, child: ChildProcess, exitcode: int | None, replies: Replies) -> None:
         jobs = list(child.inflight.values())
@@ -293,6 +286,9 @@ class Scheduler:
         child.inflight.clear()
         child.kill(f"task {task_id} timed out")
         child.stop_cause = "timeout"
+        if self._queued_in_child:
+            self._requeue_locked(others, replies)  # waiting behind the overdue task, never started
+            others = []
         for job in overdue:
             timeout = TaskTimeout(self.policy.task_timeout_s or 0.0, job.attempt)
             response = TaskResponse.failure(job.request.task_id, str(timeout), retry=True)
@@ -311,6 +307,10 @@ class Scheduler:
         its child crashes one alone: that one is the poison; the others are answered
         with their results.
         """
+        if self._queued_in_child and len(jobs) > 1:
+            # Only the first was running; the others never started and are not to blame.
+            self._requeue_locked(jobs[1:], replies)
+            jobs = jobs[:1]
         if self.limits.batch is None or (len(jobs) == 1 and not jobs[0].suspect):
             for job in jobs:
                 self._crashed_locked(job, why, replies, pid)
@@ -378,7 +378,8 @@ class Scheduler:
         # logging stay off the lock every child's answer needs.
         observed = (job.request, job.attempt, outcome, duration_s, thread, pid, response.error)
         replies.append((partial(_observe_then_reply, self.observer.finished, observed, job.reply), response))
-        self.changed.notify_all()
+        if self.state is State.DRAINING:  # the only wait that an answer can end
+            self.changed.notify_all()
 
     def _refusal_locked(self, request: TaskRequest) -> TaskResponse | None:
         if self._broken is not None:
@@ -388,79 +389,16 @@ class Scheduler:
             return TaskResponse.failure(request.task_id, f"{why}; it is not run again", retry=False)
         return None
 
-    def _dispatch_locked(self) -> None:
-        if self.limits.batch is not None:
-            self._dispatch_batches_locked(self.limits.batch)
-            return
-        slots = self.limits.slots_per_child
-        while self._pending:
-            best: ChildProcess | None = None
-            for child in self.children:
-                load = len(child.inflight)
-                if child.state is ChildState.READY and load < slots and (best is None or load < len(best.inflight)):
-                    best = child
-            if best is None:
-                return
-            job = self._pending.popleft()
-            job.seq = next(self._seq)
-            job.started = time.monotonic()
-            job.deadline = self.limits.attempt_deadline(job.started)
-            best.inflight[job.seq] = job
-            if not best.send_task(job):
-                # Its pipe is closed: the child is dying, and the supervisor will see its exit.
-                del best.inflight[job.seq]
-                best.state = ChildState.DOOMED
-                self._pending.appendleft(job)
-            elif job.deadline is not None:
-                self._wake_if_sooner(job.deadline)
-
-    def _dispatch_batches_locked(self, spec: BatchSpec) -> None:
-        """Send batch calls to free children: a free child is one running fewer calls than its slots."""
-        while self._pending:
-            head = self._pending[0]
-            child = self._free_child_locked(isolated=bool(head.pin))
-            if child is None:
-                return
-            if head.pin:  # a half of a crashed batch: exactly that half, as one call
-                size = next((i for i, job in enumerate(self._pending) if job.pin != head.pin), len(self._pending))
-            else:
-                waiting = next(
-                    (i for i, job in enumerate(itertools.islice(self._pending, spec.size)) if job.pin),
-                    min(spec.size, len(self._pending)),
-                )
-                size = spec.take_now(waiting, head.arrived, time.monotonic())
-                if size == 0:
-                    self._wake_if_sooner(spec.due(head.arrived))
-                    return
-            jobs = [self._pending.popleft() for _ in range(size)]
-            deadline = self.limits.attempt_deadline(time.monotonic())
+    def _requeue_locked(self, jobs: list[Job], replies: Replies) -> None:
+        """Jobs a lost child held but never started: first in the queue again, same attempt, no blame."""
+        if self._broken is not None or self.state is State.CLOSED:
+            why = str(self._broken) if self._broken is not None else "the worker shut down before the task ran"
             for job in jobs:
-                job.seq = next(self._seq)
-                job.batch = jobs[0].seq
-                job.deadline = deadline
-                child.inflight[job.seq] = job
-            if not child.send_batch(jobs):
-                for job in jobs:  # its pipe is closed: the child is dying, and the supervisor will see its exit
-                    del child.inflight[job.seq]
-                child.state = ChildState.DOOMED
-                self._pending.extendleft(reversed(jobs))
-            elif deadline is not None:
-                self._wake_if_sooner(deadline)
-
-    def _free_child_locked(self, *, isolated: bool) -> ChildProcess | None:
-        """The least busy ready child that can take a call; with ``isolated``, only one running nothing."""
-        best: ChildProcess | None = None
-        for child in self.children:
-            if child.state is not ChildState.READY or child.isolated:
-                continue
-            load = child.batches
-            if load < (1 if isolated else self.limits.slots_per_child) and (best is None or load < best.batches):
-                best = child
-        return best
-
-    def _wake_if_sooner(self, due: float) -> None:
-        if self.supervisor is not None and due < self.supervisor.wake_at:
-            self.supervisor.wake()
+                self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies, GAVE_UP)
+            return
+        for job in jobs:
+            job.deadline = None
+        self._pending.extendleft(reversed(jobs))
 
     # --- memory ------------------------------------------------------------------------------
 
@@ -483,7 +421,8 @@ class Scheduler:
                 f"worker process {child.pid} used {rss / _MIB:.0f} MiB with its subprocesses "
                 f"(max_memory_per_child_mb={self.limits.max_memory_per_child_mb})"
             )
-            running = set(child.inflight)
+            # The attempts running there: with tasks queued in the child, only the first.
+            running = set(itertools.islice(child.inflight, 1 if self._queued_in_child else None))
             suspects, child.memory_suspects = child.memory_suspects, running
             if not child.inflight:
                 self._retire_locked(child, what, "memory")

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import pickle
 import selectors
 import signal
 import threading
@@ -35,6 +34,8 @@ _TICK_S: Final = 1.0
 
 #: Replies collected under the lock and sent after releasing it.
 Replies = list[tuple[Reply, TaskResponse]]
+#: The messages read from children in one pass, by child.
+_Arrived = list[tuple[ChildProcess, list[Any]]]
 
 
 class SupervisedEvents(Protocol):
@@ -116,36 +117,66 @@ class ChildSupervisor:
     # --- the loop ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        missing = self._missing()
         while True:
-            self._spawn_missing()
-            replies: Replies = []
+            if missing:
+                self._spawn(missing)
             with self._lock:
                 if self.closing and not self.children:
                     return
                 self._watch_new_locked()
                 timeout_s = self._next_due_locked()
             events = self._selector.select(timeout_s)
+            arrived, exited = self._read(events)
+            replies: Replies = []
             with self._lock:
-                for key, _ in events:
-                    if key.data is None:
-                        self._drain_wake()
-                        continue
-                    child, is_sentinel = key.data
-                    if child in self._watched and (is_sentinel or not self._read_locked(child, replies)):
+                for child, messages in arrived:
+                    for message in messages:
+                        self._events.on_message_locked(child, message, replies)
+                for child in exited:
+                    if child in self._watched:
                         self._exited_locked(child, replies)
                 now = time.monotonic()
                 self._escalate_locked(now, replies)
                 fatal = self._events.on_tick_locked(now, replies)
+                missing = self._missing_locked()
             _send(replies)
             if fatal is not None:
                 self._report_fatal(fatal)
 
-    def _spawn_missing(self) -> None:
+    def _read(self, events: list[tuple[selectors.SelectorKey, int]]) -> tuple[_Arrived, list[ChildProcess]]:
+        """Read every message waiting, without the lock: only this thread reads the pipes or closes them.
+
+        Returns the messages by child, and the children that exited or closed their pipe.
+        """
+        arrived: _Arrived = []
+        exited: list[ChildProcess] = []
+        for key, _ in events:
+            if key.data is None:
+                self._drain_wake()
+                continue
+            child, is_sentinel = key.data
+            if child not in self._watched or child in exited:
+                continue
+            messages = None if is_sentinel else _read_messages(child)
+            if messages is None:
+                exited.append(child)
+            else:
+                arrived.append((child, messages))
+        return arrived, exited
+
+    def _missing(self) -> int:
         with self._lock:
-            if self.closing:
-                return
-            alive = sum(child.accepts_work_soon for child in self.children)
-            missing = self._events.wanted_children_locked() - alive
+            return self._missing_locked()
+
+    def _missing_locked(self) -> int:
+        """Children to start now to have as many as wanted."""
+        if self.closing:
+            return 0
+        alive = sum(child.accepts_work_soon for child in self.children)
+        return self._events.wanted_children_locked() - alive
+
+    def _spawn(self, missing: int) -> None:
         for _ in range(missing):
             try:
                 child = ChildProcess(self._ctx, self._spec, "runqy-child")
@@ -181,18 +212,11 @@ class ChildSupervisor:
             while os.read(self._wake_r, 4096):
                 pass
 
-    def _read_locked(self, child: ChildProcess, replies: Replies) -> bool:
-        """Handle one message from the child's pipe (select reports the next); False when the pipe is closed."""
-        try:
-            message = pickle.loads(child.conn.recv_bytes())
-        except (EOFError, OSError):
-            return False
-        self._events.on_message_locked(child, message, replies)
-        return True
-
     def _exited_locked(self, child: ChildProcess, replies: Replies) -> None:
-        while child.conn.poll() and self._read_locked(child, replies):
-            pass  # answers it sent before dying still count
+        # Answers it sent before dying still count (poll: a forked grandchild may hold the pipe open).
+        while child.conn.poll() and (messages := _read_messages(child)) is not None:
+            for message in messages:
+                self._events.on_message_locked(child, message, replies)
         # Kill what is left of its group (its subprocesses) while the child is unreaped,
         # so that its pid, which names the group, cannot have been reused yet.
         child.signal_group(signal.SIGKILL)
@@ -216,6 +240,17 @@ class ChildSupervisor:
             elif check_liveness and child.process.exitcode is not None:
                 # Its exit went unseen (a forked grandchild may hold the pipe and sentinel open).
                 self._exited_locked(child, replies)
+
+
+def _read_messages(child: ChildProcess) -> list[Any] | None:
+    """The complete messages waiting from a child whose pipe is readable; None once it is closed."""
+    try:
+        return child.inbox.read()
+    except OSError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a message this process cannot decode (a result's class it cannot import)
+        log.error("cannot read a message from child process %d (%r): replacing it", child.pid, exc)
+        return None
 
 
 def _send(replies: Replies) -> None:

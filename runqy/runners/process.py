@@ -7,9 +7,9 @@ Data flow::
   submit(request, reply)
         |
         v
-      Job --> pending --dispatch to the least-loaded ready child--> pipe 0 --> child 0 (own session)
-      (_scheduler.py)  ^                                            pipe 1 --> child 1   @load once,
-                       | local retry (backoff)                         ...            then tasks
+      Job --> pending --dispatch to an idle ready child-----------> pipe 0 --> child 0 (own session)
+      (_scheduler.py,  ^  (short tasks: its share in one message)   pipe 1 --> child 1   @load once,
+       _dispatch.py)   | local retry (backoff)                         ...            then tasks
                        |                                                                 |
   reply(response) <-- finish <-- supervisor thread <-- DONE(seq, attempt, result) -------+
                                  (_supervisor.py) select() over every pipe, every process
@@ -22,9 +22,10 @@ Data flow::
                                memory monitor thread: psutil RSS of each child + its descendants
 
 This module is the runner's API and its seam for the hybrid runner; the parts are
-``_scheduler`` (tasks), ``_supervisor`` (the children's lifecycle), ``_children``
-(one child's handle), ``_crashes`` (poison tasks, crash loops) and ``_child`` (the
-code running in each child).
+``_scheduler`` (tasks), ``_dispatch`` (which child, how many tasks per message),
+``_supervisor`` (the children's lifecycle), ``_children`` (one child's handle),
+``_crashes`` (poison tasks, crash loops), ``_wire`` (frames on the pipes) and
+``_child`` (the code running in each child).
 
 Each child has its own pipe: one queue shared by all children would starve them all
 once a child killed while holding the queue's lock. Every attempt carries a sequence
@@ -232,4 +233,5 @@ class PersistentProcessRunner(Runner):
             crash_limit=self.crash_limit,
             crash_window_s=self.crash_window_s,
             batch=self._batch,
+            in_order=self._child_threads() == 0,
         )
