@@ -1,10 +1,10 @@
 """The serving loop: read requests, hand them to the runner, answer each exactly once, shut down cleanly.
 
     stdin ──reader thread──> parse ──> InFlight.admit ──> runner.submit_many
-                                                      └─> or run here (runqy.inline)
+      └──or the runner's inline thread, between its tasks ──> run there (runqy.inline)
                                                              │ (any thread)
     stdout <──writer thread── ProtocolChannel <── InFlight.answer (first answer wins)
-           <──────── a lone answer, written by the thread that finished it
+           <──────── a lone answer, or any of an inline thread's, written by the thread that made it
 
 The main thread only waits: for stdin EOF, a signal, or a fatal runner error. Then it
 stops admitting, lets in-flight tasks finish, answers whatever could not finish, and
@@ -18,6 +18,7 @@ import enum
 import itertools
 import logging
 import os
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -26,7 +27,6 @@ from types import FrameType
 from typing import Final
 
 from runqy.errors import ProtocolError
-from runqy.inline import InlineExecution
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
 
@@ -68,6 +68,9 @@ class InFlight:
         # Answers notify only while someone waits, and only when it may end that wait.
         self._changed = threading.Condition()
         self._waiters = 0
+        #: Write every answer from the thread that made it: set when one thread runs every
+        #: task (see :mod:`runqy.inline`), so answers never wait for, nor wake, the writer thread.
+        self.answer_in_place = False
 
     def admit(self, request: TaskRequest) -> Reply | None:
         """Accept a request and return its reply; None once shutdown began."""
@@ -104,10 +107,10 @@ class InFlight:
         if self._open.pop(key, None) is None:
             log.debug("dropping a late response for task %s", response.task_id)
             return
-        if self._open:
+        if self._open and not self.answer_in_place:
             self._channel.send(line)
         else:
-            self._channel.send_alone(line)  # the only task in flight: no writer thread to wake
+            self._channel.send_alone(line)  # the only task in flight, or one thread answers all: written here
         # Popped before reading _waiters, as a waiter counts itself before it checks:
         # either the waiter sees this answer, or this answer sees the waiter.
         if self._waiters and len(self._open) <= self._resume_at:
@@ -149,9 +152,11 @@ class Server:
         self.one_shot = one_shot
         self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED)
         self._stdin_fd = 0
-        #: The incomplete last line of what was read so far; every reader thread goes on from it.
+        #: The incomplete last line of what was read so far; whichever thread reads next goes on from it.
         self._pending = b""
-        self._inline: InlineExecution | None = None
+        self._eof = False
+        #: stdin and the inline thread's interrupt fd, polled together (built on first use).
+        self._poll: tuple[int, select.poll] | None = None
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
         # the main thread, and Event.set() there deadlocks if the signal lands while that same
         # thread holds the Event's lock (between entering Event.wait and parking in it). The
@@ -169,15 +174,19 @@ class Server:
         """Say ready, then serve until stopped; returns the exit code for the process (0 or 1)."""
         # Signal handlers first: the Go worker may send SIGTERM as soon as it reads the ready line.
         restore = self._install_signal_handlers()
+        inline = None
         try:
             self.runner.on_fatal = self._on_fatal
             self._stdin_fd = stdin_fd
-            run_task = None if self.one_shot else self.runner.inline_runner()
-            if run_task is not None:
-                self._inline = InlineExecution(run_task, self._start_reader)
+            inline = None if self.one_shot else self.runner.inline_thread()
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
-            self._start_reader()
+            if inline is None:
+                self._start_reader()
+            else:
+                # One thread runs every task and answers each as it finishes: no writer thread to wake.
+                self.inflight.answer_in_place = True
+                inline.host(self._read_chunk_or_fail)
             while self._reason is None:
                 os.read(self._wake_r, 64)
             return self._shut_down()
@@ -187,8 +196,8 @@ class Server:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_w = -1
-            if self._inline is not None:
-                self._inline.close()
+            if inline is not None:
+                inline.stop_hosting()
 
     def _stop_with(self, reason: StopReason) -> None:
         """Stop serving, from any thread but the signal handler's (see :meth:`_on_signal`)."""
@@ -204,46 +213,76 @@ class Server:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _start_reader(self) -> threading.Thread:
-        reader = threading.Thread(target=self._read_or_fail, name="runqy-reader", daemon=True)
-        reader.start()
-        return reader
+    def _start_reader(self) -> None:
+        threading.Thread(target=self._read_or_fail, name="runqy-reader", daemon=True).start()
 
     def _read_or_fail(self) -> None:
         try:
-            self._read(self._stdin_fd)
+            self._read_and_submit()
         except BaseException as exc:
             log.critical("the stdin reader failed", exc_info=exc)
             self._stop_with(StopReason.FATAL)
 
-    def _read(self, fd: int) -> None:
-        accept = self._accept
-        while True:
-            self.inflight.wait_for_room()
-            try:
-                chunk = os.read(fd, _READ_CHUNK_BYTES)
-            except OSError as exc:
-                log.error("cannot read stdin: %s", exc)
-                chunk = b""
-            if not chunk:
-                # A last line without its newline is still a request; taken out of _pending
-                # first, so that a reader taking over from this thread cannot accept it again.
-                last_line, self._pending = self._pending, b""
-                last = accept(last_line)
-                if last is not None:
-                    self._run([last])
-                self._stop_with(StopReason.EOF)
+    def _read_chunk_or_fail(self, interrupt_fd: int) -> list[tuple[TaskRequest, Reply]] | None:
+        """:meth:`_read_chunk` for the inline thread, which must go on running tasks if reading fails."""
+        try:
+            return self._read_chunk(interrupt_fd)
+        except Exception as exc:
+            log.critical("reading stdin failed", exc_info=exc)
+            self._stop_with(StopReason.FATAL)
+            return None
+
+    def _read_and_submit(self) -> None:
+        """The reader thread, for a runner without an inline thread: each chunk's tasks go in one hand-off."""
+        while (tasks := self._read_chunk()) is not None:
+            self._submit(tasks)
+            if self.one_shot and tasks:
+                self._stop_with(StopReason.ONE_SHOT)
                 return
-            lines = (self._pending + chunk).split(b"\n")
-            self._pending = lines.pop()
-            if self.one_shot:
-                for line in lines:
-                    if (task := accept(line)) is not None:
-                        self._submit([task])
-                        self._stop_with(StopReason.ONE_SHOT)
-                        return
-            elif not self._run([task for line in lines if (task := accept(line)) is not None]):
-                return  # a task held this thread up: another one reads now
+
+    def _read_chunk(self, interrupt_fd: int | None = None) -> list[tuple[TaskRequest, Reply]] | None:
+        """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
+
+        With ``interrupt_fd``, waits for stdin or that fd, whichever is readable first,
+        and returns [] at once when only that fd is: the inline thread's reader is
+        interrupted so (see :mod:`runqy.inline`). Called by one thread at a time.
+        """
+        if self._eof:
+            return None
+        self.inflight.wait_for_room()
+        if interrupt_fd is not None and not self._stdin_first(interrupt_fd):
+            return []
+        try:
+            chunk = os.read(self._stdin_fd, _READ_CHUNK_BYTES)
+        except OSError as exc:
+            log.error("cannot read stdin: %s", exc)
+            chunk = b""
+        accept = self._accept
+        if not chunk:
+            # A last line without its newline is still a request.
+            self._eof = True
+            last_line, self._pending = self._pending, b""
+            last = accept(last_line)
+            self._stop_with(StopReason.EOF)
+            return [] if last is None else [last]
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        if self.one_shot:
+            for line in lines:
+                if (task := accept(line)) is not None:
+                    return [task]  # the lines after it are not read: this process serves one task
+            return []
+        return [task for line in lines if (task := accept(line)) is not None]
+
+    def _stdin_first(self, interrupt_fd: int) -> bool:
+        """Wait until stdin or ``interrupt_fd`` is readable; True when stdin is (or is closed)."""
+        if self._poll is None or self._poll[0] != interrupt_fd:
+            poller = select.poll()
+            poller.register(self._stdin_fd, select.POLLIN)
+            poller.register(interrupt_fd, select.POLLIN)
+            self._poll = (interrupt_fd, poller)
+        ready = self._poll[1].poll()
+        return any(fd == self._stdin_fd for fd, _ in ready)
 
     def _accept(self, line: bytes) -> tuple[TaskRequest, Reply] | None:
         """Parse and admit one line: the accepted task, or None when the line was answered or blank."""
@@ -261,14 +300,6 @@ class Server:
             self.channel.send(encode_response(TaskResponse.failure(request.task_id, why, retry=True)))
             return None
         return request, reply
-
-    def _run(self, tasks: list[tuple[TaskRequest, Reply]]) -> bool:
-        """Run a chunk's tasks here or hand them to the runner; False once this thread must stop reading."""
-        if self._inline is not None:
-            return self._inline.run(tasks)
-        # All the requests of a chunk go to the runner in one hand-off.
-        self._submit(tasks)
-        return True
 
     def _submit(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         if not tasks:

@@ -254,20 +254,18 @@ class PooledRunner(Runner):
     def start(self, registry: Registry) -> None:
         if self._pool is not None:
             return
-        self._handler = registry.bind()
+        self._handler = self._bind(registry)
         self._pool = ThreadPool(self._handler, self.policy, self.max_threads, self.thread_name, self.telemetry)
+
+    def _bind(self, registry: Registry) -> BoundHandler:
+        """Run ``@load`` and bind the handler to its result; here, in the calling thread."""
+        return registry.bind()
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
         self._started().submit(request, reply)
 
     def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         self._started().submit_many(tasks)
-
-    def inline_runner(self) -> Callable[[TaskRequest, Reply], object] | None:
-        pool = self._pool
-        if pool is None or self.max_threads != 1 or not pool.engine.untimed or pool.engine.handler.batch is not None:
-            return None
-        return pool.engine.run
 
     def _started(self) -> ThreadPool:
         if self._pool is None:
