@@ -20,6 +20,7 @@ import logging
 import os
 import select
 import signal
+import stat
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -156,7 +157,7 @@ class Server:
         self._pending = b""
         self._eof = False
         #: stdin and the inline thread's interrupt fd, polled together (built on first use).
-        self._poll: tuple[int, select.poll] | None = None
+        self._poll: tuple[int | None, select.poll] | None = None
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
         # the main thread, and Event.set() there deadlocks if the signal lands while that same
         # thread holds the Event's lock (between entering Event.wait and parking in it). The
@@ -175,6 +176,7 @@ class Server:
         # Signal handlers first: the Go worker may send SIGTERM as soon as it reads the ready line.
         restore = self._install_signal_handlers()
         inline = None
+        restore_blocking: Callable[[], None] = _nothing
         try:
             self.runner.on_fatal = self._on_fatal
             self._stdin_fd = stdin_fd
@@ -186,6 +188,7 @@ class Server:
             else:
                 # One thread runs every task and answers each as it finishes: no writer thread to wake.
                 self.inflight.answer_in_place = True
+                restore_blocking = _stdin_nonblocking(stdin_fd)
                 inline.host(self._read_chunk_or_fail)
             while self._reason is None:
                 os.read(self._wake_r, 64)
@@ -198,6 +201,7 @@ class Server:
                 self._wake_w = -1
             if inline is not None:
                 inline.stop_hosting()
+                restore_blocking()
 
     def _stop_with(self, reason: StopReason) -> None:
         """Stop serving, from any thread but the signal handler's (see :meth:`_on_signal`)."""
@@ -243,20 +247,20 @@ class Server:
     def _read_chunk(self, interrupt_fd: int | None = None) -> list[tuple[TaskRequest, Reply]] | None:
         """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
 
-        With ``interrupt_fd``, waits for stdin or that fd, whichever is readable first,
-        and returns [] at once when only that fd is: the inline thread's reader is
-        interrupted so (see :mod:`runqy.inline`). Called by one thread at a time.
+        When stdin has nothing yet, waits for it or for ``interrupt_fd``, and returns []
+        when only that fd became readable: the inline thread's readers are interrupted
+        so (see :mod:`runqy.inline`). Called by one thread at a time.
         """
         if self._eof:
             return None
         self.inflight.wait_for_room()
-        if interrupt_fd is not None and not self._stdin_first(interrupt_fd):
-            return []
         try:
-            chunk = os.read(self._stdin_fd, _READ_CHUNK_BYTES)
+            chunk = self._read_stdin(interrupt_fd)
         except OSError as exc:
             log.error("cannot read stdin: %s", exc)
             chunk = b""
+        if chunk is None:
+            return []
         accept = self._accept
         if not chunk:
             # A last line without its newline is still a request.
@@ -274,12 +278,28 @@ class Server:
             return []
         return [task for line in lines if (task := accept(line)) is not None]
 
-    def _stdin_first(self, interrupt_fd: int) -> bool:
+    def _read_stdin(self, interrupt_fd: int | None) -> bytes | None:
+        """One read of stdin; None when ``interrupt_fd`` became readable first."""
+        try:
+            return os.read(self._stdin_fd, _READ_CHUNK_BYTES)
+        except BlockingIOError:
+            # stdin is non-blocking while an inline thread reads it (see serve()): so a read
+            # finds requests already waiting with one system call, and only waits (here,
+            # where the interrupt fd can end the wait) when there are none.
+            if not self._stdin_first(interrupt_fd):
+                return None
+        try:
+            return os.read(self._stdin_fd, _READ_CHUNK_BYTES)
+        except BlockingIOError:
+            return None  # woken for nothing: the caller reads again
+
+    def _stdin_first(self, interrupt_fd: int | None) -> bool:
         """Wait until stdin or ``interrupt_fd`` is readable; True when stdin is (or is closed)."""
         if self._poll is None or self._poll[0] != interrupt_fd:
             poller = select.poll()
             poller.register(self._stdin_fd, select.POLLIN)
-            poller.register(interrupt_fd, select.POLLIN)
+            if interrupt_fd is not None:
+                poller.register(interrupt_fd, select.POLLIN)
             self._poll = (interrupt_fd, poller)
         ready = self._poll[1].poll()
         return any(fd == self._stdin_fd for fd, _ in ready)
@@ -316,8 +336,13 @@ class Server:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # The kernel may deliver a signal to any thread, say one polling stdin; Python then runs
+        # the handler only once the main thread runs again, and it sleeps on the wake pipe. The
+        # wake-up fd makes the C-level handler write there from whichever thread got the signal.
+        previous_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
         def restore() -> None:
+            signal.set_wakeup_fd(previous_wakeup_fd)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -361,3 +386,27 @@ class Server:
         # The runner stays started: its owner reuses it for the next run, and closes it.
         self.drained = drained
         return 1 if reason is StopReason.FATAL else 0
+
+
+def _nothing() -> None:
+    pass
+
+
+def _stdin_nonblocking(fd: int) -> Callable[[], None]:
+    """Make a pipe on stdin non-blocking, so a reader that finds requests waiting needs no poll first.
+
+    Only a pipe (as the Go worker gives): a terminal left non-blocking after an abrupt
+    exit would break the shell that shares it. Returns how to undo it.
+    """
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not os.get_blocking(fd):
+            return _nothing
+        os.set_blocking(fd, False)
+    except OSError:
+        return _nothing
+    return partial(_set_blocking, fd)
+
+
+def _set_blocking(fd: int) -> None:
+    with contextlib.suppress(OSError):  # stdin may be closed by now
+        os.set_blocking(fd, True)
