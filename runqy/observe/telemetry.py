@@ -107,6 +107,9 @@ class TaskObserver:
     def child_restarted(self, cause: str) -> None:
         """A child process is replaced: ``crashed``, ``timeout``, ``memory``, ``max_tasks`` or ``abandoned_threads``."""
 
+    def batch_called(self, tasks: int) -> None:
+        """A batch handler is called with ``tasks`` tasks (called once per call, retries included)."""
+
 
 @dataclass
 class Tally:
@@ -119,6 +122,9 @@ class Tally:
     retried: dict[str, int] = field(default_factory=dict)
     abandoned: int = 0
     child_restarts: dict[str, int] = field(default_factory=dict)
+    #: Calls of a batch handler, and the tasks they carried (their ratio is the mean batch size).
+    batch_calls: int = 0
+    batched_tasks: int = 0
 
     def by_outcome(self) -> dict[str, int]:
         totals = dict.fromkeys(OUTCOMES, 0)
@@ -151,6 +157,8 @@ class Tally:
             retried={t: n - earlier.retried.get(t, 0) for t, n in self.retried.items()},
             abandoned=self.abandoned - earlier.abandoned,
             child_restarts={c: n - earlier.child_restarts.get(c, 0) for c, n in self.child_restarts.items()},
+            batch_calls=self.batch_calls - earlier.batch_calls,
+            batched_tasks=self.batched_tasks - earlier.batched_tasks,
         )
 
 
@@ -220,6 +228,8 @@ class Telemetry(TaskObserver):
         self._retried: collections.Counter[str] = collections.Counter()
         self._abandoned = 0
         self._restarts: collections.Counter[str] = collections.Counter()
+        self._batch_calls = 0
+        self._batched_tasks = 0
 
     def finished(
         self,
@@ -264,11 +274,23 @@ class Telemetry(TaskObserver):
         with self._lock:
             self._restarts[cause] += 1
 
+    def batch_called(self, tasks: int) -> None:
+        # Once per call, not per task: the lock costs little beside a handler call.
+        with self._lock:
+            self._batch_calls += 1
+            self._batched_tasks += tasks
+
     def tally(self) -> Tally:
         """The counts since start, summed over every thread's shard."""
         with self._lock:
             shards = list(self._shards)
-            tally = Tally(retried=dict(self._retried), abandoned=self._abandoned, child_restarts=dict(self._restarts))
+            tally = Tally(
+                retried=dict(self._retried),
+                abandoned=self._abandoned,
+                child_restarts=dict(self._restarts),
+                batch_calls=self._batch_calls,
+                batched_tasks=self._batched_tasks,
+            )
         for shard in shards:
             # dict() and list() of a dict or list run in C without releasing the GIL: each
             # copy is consistent even while the shard's thread goes on counting.
