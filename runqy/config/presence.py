@@ -56,12 +56,13 @@ def _has_runqy_table(pyproject: Path) -> bool:
         return False
     except OSError:
         return True  # a folder, or unreadable: the full resolution reports it
-    if sys.version_info < (3, 11):
-        return True  # no tomllib: only pydantic-settings (with tomli) reads TOML here
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
 
-    try:
-        tool = tomllib.loads(text.decode()).get("tool", {})
-    except ValueError:  # not TOML, or not UTF-8
-        return True
+        try:
+            tool = tomllib.loads(text.decode()).get("tool", {})
+        except ValueError:  # not TOML, or not UTF-8
+            return True
+    else:
+        return True  # no tomllib: only pydantic-settings (with tomli) reads TOML here
     return not isinstance(tool, dict) or "runqy" in tool
