@@ -56,13 +56,21 @@ def _has_runqy_table(pyproject: Path) -> bool:
         return False
     except OSError:
         return True  # a folder, or unreadable: the full resolution reports it
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        try:
-            tool = tomllib.loads(text.decode()).get("tool", {})
-        except ValueError:  # not TOML, or not UTF-8
-            return True
-    else:
-        return True  # no tomllib: only pydantic-settings (with tomli) reads TOML here
+    try:
+        tool = _tool_table(text)
+    except ValueError:  # not TOML, or not UTF-8
+        return True
     return not isinstance(tool, dict) or "runqy" in tool
+
+
+if sys.version_info >= (3, 11):
+
+    def _tool_table(text: bytes) -> object:
+        import tomllib  # here: most workers have no pyproject.toml in their folder
+
+        return tomllib.loads(text.decode()).get("tool", {})
+
+else:
+
+    def _tool_table(text: bytes) -> object:
+        raise ValueError("no tomllib before Python 3.11")  # pydantic-settings reads the file with tomli
