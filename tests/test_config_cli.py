@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from config_env import isolate, write_config, write_pyproject
 
+from runqy.config.descriptions import setting_descriptions
 from runqy.config.settings import RunnerOptions, RunqySettings
 
 BUILDER_SCRIPT = """
@@ -131,10 +132,11 @@ def test_run_help_explains_every_setting_with_its_variable() -> None:
         [sys.executable, "-m", "runqy", "run", "--help"], capture_output=True, text=True, check=True
     ).stdout
     flat = " ".join(shown.split())  # argparse wraps long help lines
-    fields = [("", name, info) for name, info in RunqySettings.model_fields.items() if name != "runner"]
-    fields += [("RUNNER__", name, info) for name, info in RunnerOptions.model_fields.items()]
-    for prefix, name, info in fields:
-        assert info.description, f"{name} has no docstring in runqy/config/settings.py"
-        first_words = " ".join(info.description.replace("``", "").split()[:4])
+    descriptions = setting_descriptions()
+    fields = [("", name, name) for name in RunqySettings.model_fields if name != "runner"]
+    fields += [("RUNNER__", name, f"runner.{name}") for name in RunnerOptions.model_fields]
+    for prefix, name, dotted in fields:
+        assert descriptions.get(dotted), f"{dotted} has no docstring in runqy/config/settings.py"
+        first_words = " ".join(descriptions[dotted].replace("``", "").split()[:4])
         assert f"--{name.replace('_', '-')}" in flat and first_words in flat
         assert f"[RUNQY_{prefix}{name.upper()}]" in flat
