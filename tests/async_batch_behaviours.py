@@ -1,0 +1,32 @@
+"""The batch behaviours worker (tests/batch_behaviours.py) as an ``async def`` batch handler, for the async runner.
+
+The same ops with the same answers; a "stuck" call awaits, so a timeout can cancel it.
+Cancelled calls are recorded by task id in ``cancelled``, for tests in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from batch_items import BATCH_SIZE, STUCK_S, ops_of, results_of
+
+from runqy import current_batch, task
+
+#: Task ids of the calls cancelled while they awaited (in-process tests read it).
+cancelled: list[list[str]] = []
+
+
+@task(batch_size=BATCH_SIZE)
+async def handle(payloads: list[Any]) -> Any:
+    ops = ops_of(payloads)
+    if "raise" in ops:
+        raise ValueError("the whole call failed")
+    batch = current_batch()
+    if "stuck" in ops:
+        try:
+            await asyncio.sleep(STUCK_S)
+        except asyncio.CancelledError:
+            cancelled.append([info.task_id for info in batch])
+            raise
+    return results_of(payloads, ops, batch)
