@@ -1,6 +1,7 @@
 """The batch behaviours worker (tests/batch_behaviours.py) as an ``async def`` batch handler, for the async runner.
 
-The same ops with the same answers; a "stuck" call awaits, so a timeout can cancel it.
+The same ops with the same answers; a "stuck" call awaits, so a timeout can cancel it,
+and a "stuck_first" item makes only its first attempt's call stuck.
 Cancelled calls are recorded by task id in ``cancelled``, for tests in this process.
 """
 
@@ -23,7 +24,8 @@ async def handle(payloads: list[Any]) -> Any:
     if "raise" in ops:
         raise ValueError("the whole call failed")
     batch = current_batch()
-    if "stuck" in ops:
+    # "stuck_first": stuck on its first attempt only, so that its retry can succeed.
+    if "stuck" in ops or any(op == "stuck_first" and info.attempt == 1 for op, info in zip(ops, batch, strict=True)):
         try:
             await asyncio.sleep(STUCK_S)
         except asyncio.CancelledError:
