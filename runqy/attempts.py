@@ -199,6 +199,9 @@ class AttemptEngine:
         ``started``: when the attempt began (None when not measured); ``thread``: where
         it ran, if not in the calling thread.
         """
+        if response.error is None and not self.measured:  # the common case, nothing to observe: one call less
+            reply(response)
+            return True
         backoff_s = settle(self.policy, self._observer, self.measured, request, attempt, response, started, thread)
         if backoff_s is None:
             reply(response)
