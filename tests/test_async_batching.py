@@ -3,8 +3,9 @@
 What only a loop of batch calls promises: a call takes one ``max_concurrency`` slot
 whatever its size; ``max_wait_ms`` waits on a loop timer, and a lone task with none
 is not held back; a timed-out call is cancelled and its tasks retried one by one in
-later batches; close and SIGTERM answer every task once; ``Worker.map`` and
-``runqy local`` serve an ``async def`` batch handler here.
+later batches; an offloaded plain batch handler runs one call per pool thread; close
+and SIGTERM answer every task once; ``Worker.map`` and ``runqy local`` serve an
+``async def`` batch handler here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import async_batch_behaviours
 import pytest
 from conftest import CLEAN_ENV, CLOSE_TIMEOUT_S, STARTUP_TIMEOUT_S
-from harness import WAIT_S, Replies, wait_until
+from harness import WAIT_S, Replies, wait_for_files, wait_until
 
 from runqy import Worker, current_batch, load_settings
 from runqy.app import Registry
@@ -31,6 +32,7 @@ from runqy.config.resolve import resolve_settings
 from runqy.local.driver import LocalWorker, make_request
 from runqy.protocol import TaskRequest
 from runqy.runners.eventloop import AsyncRunner
+from runqy.runners.thread import default_max_threads
 
 SIZE = async_batch_behaviours.BATCH_SIZE
 
@@ -184,15 +186,45 @@ def test_close_sends_a_short_batch_at_once_instead_of_waiting_for_company(
     assert replies.one("lone").result == "done"
 
 
+def test_an_offloaded_plain_batch_handler_runs_one_call_per_pool_thread_and_batches_what_waits(
+    start_runner: Callable[..., AsyncRunner],
+) -> None:
+    gate = threading.Event()
+    calls: list[tuple[list[str], str]] = []
+    registry = Registry()
+
+    @registry.task(batch_size=SIZE, offload=True)
+    def handle(payloads: list[Any]) -> list[Any]:
+        calls.append(([info.task_id for info in current_batch()], threading.current_thread().name))
+        if "hold" in payloads:
+            gate.wait(WAIT_S)
+        return payloads
+
+    runner = start_runner(registry)  # 1000 slots, but only as many calls at once as pool threads
+    replies = Replies()
+    threads = default_max_threads()
+    for n in range(threads):
+        replies.submit(runner, f"hold{n}", "hold")  # one by one: each goes out alone while a thread is free
+    wait_until(lambda: len(calls) == threads, "every pool thread holds a call")
+    later = [f"later{n}" for n in range(SIZE)]
+    for task_id in later:
+        replies.submit(runner, task_id, "go")  # one by one too, but no thread is free: they wait together
+    gate.set()
+    replies.wait_for(*later, *(f"hold{n}" for n in range(threads)))
+    assert [ids for ids, _ in calls[threads:]] == [later], "the tasks that waited went out as one call"
+    assert all(name.startswith("runqy-offload") for _, name in calls)
+
+
 @pytest.mark.timeout(60)
-def test_sigterm_with_batch_calls_running_answers_every_accepted_task_and_exits_zero() -> None:
+def test_sigterm_with_batch_calls_running_answers_every_accepted_task_and_exits_zero(tmp_path: Path) -> None:
     target = async_batch_behaviours.__file__
     env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": "async", "RUNQY_SHUTDOWN_TIMEOUT_S": "0.5"}
     with LocalWorker.for_target(target, env=env) as worker:
         worker.wait_ready(STARTUP_TIMEOUT_S)
         warm = list(worker.run([make_request({"op": "echo"}) for _ in range(SIZE)], concurrency=SIZE, deadline_s=30))
         assert [o.status for o in warm] == ["ok"] * SIZE
-        pendings = [worker.submit(make_request({"op": "stuck"})) for _ in range(4 * SIZE)]
+        pendings = [worker.submit(make_request({"op": "stuck", "dir": str(tmp_path)})) for _ in range(4 * SIZE)]
+        wait_for_files(tmp_path, 4 * SIZE)  # every task is in a running call: the signal lands mid-call
         worker.terminate()
         assert worker.wait(timeout_s=30) == 0
         assert [p.outcome().status for p in pendings] == ["retryable"] * (4 * SIZE)
