@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
 
 from runqy.app import failure_response
-from runqy.attempts import _GONE, AttemptEngine, Reply, _Attempt, _clock, _Flag, outcome_of, timed_out
+from runqy.attempts import _GONE, AttemptEngine, Reply, _Attempt, _clock, _Flag, settle, timed_out
 from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest, TaskResponse
 
@@ -133,23 +132,17 @@ class BatchAttemptEngine(AttemptEngine):
         """Reply to every task whose response is final; back off and return the others as their next attempts."""
         retry: list[BatchItem] = []
         backoff_s = 0.0
-        duration_s = None if started is None else _clock() - started
-        where = threading.current_thread().name
         for (request, reply, attempt), response in zip(items, responses, strict=True):
-            final = not response.retry or attempt > self.policy.max_retries
-            # As for single tasks: failures and measured tasks are observed, a quick success costs nothing.
-            if response.error is not None or self.measured:
-                observe = self._observer.finished if final else self._observer.retried
-                observe(request, attempt, outcome_of(response), duration_s, where, None, response.error)
-            if final:
+            wait_s = settle(self.policy, self._observer, self.measured, request, attempt, response, started)
+            if wait_s is None:
                 try:
                     reply(response)
                 except Exception:  # a broken reply callback must not cost the other tasks their answers
                     log.exception("task %s: error while answering it", request.task_id)
                 continue
             retry.append((request, reply, attempt + 1))
-            backoff_s = max(backoff_s, self.policy.backoff_s(attempt))
-        if retry and backoff_s > 0:
+            backoff_s = max(backoff_s, wait_s)
+        if backoff_s > 0:
             time.sleep(backoff_s)
         return retry
 

@@ -94,17 +94,6 @@ def test_the_refusal_comes_before_load_runs() -> None:
     assert loaded == []
 
 
-def test_a_batch_handler_is_refused_at_start_naming_the_thread_runner() -> None:
-    registry = Registry()
-
-    @registry.task(batch_size=8)
-    async def handle(payloads: list[object]) -> list[object]:
-        return payloads
-
-    with pytest.raises(HandlerUnsupported, match=r'batch handlers.*runner_cls = "thread"'):
-        AsyncRunner().start(registry)
-
-
 def test_an_offloaded_plain_handler_runs_in_the_pool_and_sees_its_task(
     start_runner: Callable[..., AsyncRunner],
 ) -> None:
