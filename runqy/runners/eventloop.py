@@ -34,8 +34,8 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from runqy.aio import EventLoopThread
@@ -118,7 +118,8 @@ class AsyncRunner(Runner):
         self._backlog: collections.deque[tuple[TaskRequest, Reply]] = collections.deque()
         self._batches: WaitingBatches | None = None  # for a batch handler, instead of the backlog
         self._idle: asyncio.Future[None] | None = None  # set by close() while it waits for the tasks
-        self._abandoned: set[asyncio.Future[Any]] = set()
+        #: Timed-out calls still running: coroutines that ignored cancellation, offloaded threads.
+        self._abandoned: set[asyncio.Future[Any] | Future[Any]] = set()
 
     @classmethod
     def from_settings(cls, settings: RunqySettings) -> Self:
@@ -246,20 +247,29 @@ class AsyncRunner(Runner):
         assert handler is not None and loop is not None
         cancel = _Cancellation()
         attempt: asyncio.Future[TaskResponse]
+        in_thread = None
         if handler.is_async:
             attempt = loop.create_task(handler.execute_async(request, number, cancel))
         else:
-            attempt = loop.run_in_executor(self._offload, handler.execute, request, number, cancel)
-        response = await self._within(timeout_s, attempt, cancel, [(request, number)])
+            attempt, in_thread = self._in_thread(handler.execute, request, number, cancel)
+        response = await self._within(timeout_s, attempt, cancel, [(request, number)], in_thread)
         if response is None:
             log.warning("task %s: attempt %d timed out after %gs; cancelled", request.task_id, number, timeout_s)
             return timed_out(request, timeout_s, number)
         return response
 
     async def _within(
-        self, timeout_s: float, call: asyncio.Future[T], cancel: _Cancellation, tasks: list[tuple[TaskRequest, int]]
+        self,
+        timeout_s: float,
+        call: asyncio.Future[T],
+        cancel: _Cancellation,
+        tasks: list[tuple[TaskRequest, int]],
+        in_thread: Future[T] | None = None,
     ) -> T | None:
-        """The result of ``call`` (the attempts ``tasks``), or None when it overran: then it is cancelled."""
+        """The result of ``call`` (the attempts ``tasks``), or None when it overran: then it is cancelled.
+
+        ``in_thread``: the offload pool's future of a call that runs in a thread.
+        """
         try:
             done, _ = await asyncio.wait((call,), timeout=timeout_s)
             if done:
@@ -268,14 +278,27 @@ class AsyncRunner(Runner):
             call.cancel()
             if isinstance(call, asyncio.Task):  # a coroutine stops at its next await; a thread does not
                 await asyncio.wait((call,), timeout=_CANCEL_GRACE_S)
-            if not call.done():
-                self._abandon(call, tasks, timeout_s)
+            # Cancelling the loop's wrapper of an offloaded call marks it done while its thread runs on.
+            running: asyncio.Future[Any] | Future[Any] = call if in_thread is None else in_thread
+            if not running.done():
+                self._abandon(running, tasks, timeout_s)
             return None
         finally:
             if not call.done():  # the task itself was cancelled (close()): so is its call
                 call.cancel()
 
-    def _abandon(self, call: asyncio.Future[Any], tasks: list[tuple[TaskRequest, int]], timeout_s: float) -> None:
+    def _in_thread(self, function: Callable[..., T], *args: Any) -> tuple[asyncio.Future[T], Future[T]]:
+        """``function(*args)`` in the offload pool: a future to await on the loop, and the pool's own.
+
+        Only the pool's future tells whether the thread still runs once the call is cancelled.
+        """
+        assert self._offload is not None
+        in_thread = self._offload.submit(function, *args)
+        return asyncio.wrap_future(in_thread), in_thread
+
+    def _abandon(
+        self, call: asyncio.Future[Any] | Future[Any], tasks: list[tuple[TaskRequest, int]], timeout_s: float
+    ) -> None:
         log.warning(
             "a timed-out call did not stop when cancelled (%s); it runs on, its result dropped",
             "a thread cannot be stopped" if self._offload is not None else "the coroutine ignores cancellation",
@@ -327,15 +350,16 @@ class AsyncRunner(Runner):
         assert handler is not None and loop is not None
         cancel = _Cancellation()
         call: asyncio.Future[list[TaskResponse]]
+        in_thread = None
         if handler.is_async:
             if timeout_s is None:
                 return await handler.execute_batch_async(tasks)  # in this task: no task of its own
             call = loop.create_task(handler.execute_batch_async(tasks, cancel))
         else:
-            call = loop.run_in_executor(self._offload, handler.execute_batch, tasks, cancel)
+            call, in_thread = self._in_thread(handler.execute_batch, tasks, cancel)
             if timeout_s is None:
                 return await call
-        responses = await self._within(timeout_s, call, cancel, tasks)
+        responses = await self._within(timeout_s, call, cancel, tasks, in_thread)
         if responses is None:
             log.warning("a batch call of %d task(s) timed out after %gs; cancelled", len(tasks), timeout_s)
             return [timed_out(request, timeout_s, number) for request, number in tasks]
