@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse
-from runqy.serve import InFlight
+from runqy.serve import DUPLICATE_REPLY, InFlight
 
 
 @pytest.fixture
@@ -43,6 +43,21 @@ def test_a_late_second_answer_is_dropped(channel: tuple[ProtocolChannel, int]) -
     lines = read_lines(read_fd, 2)
     assert [line.split(b",")[0] for line in lines] == [b'{"task_id":"t1"', b'{"task_id":"t2"']
     assert b"worker is stopping" in lines[0] and b"late result" not in b"".join(lines)
+    assert (inflight.late_replies, inflight.duplicate_replies) == (1, 0)
+
+
+def test_a_runner_answering_twice_is_counted_and_logged_as_a_bug(
+    channel: tuple[ProtocolChannel, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe, read_fd = channel
+    inflight = InFlight(pipe, limit=10)
+    reply = inflight.admit(TaskRequest("t1"))
+    assert reply is not None
+    reply(TaskResponse("t1", "first"))
+    reply(TaskResponse("t1", "second"))
+    assert read_lines(read_fd, 1) == [b'{"task_id":"t1","result":"first","error":null,"retry":false}']
+    assert (inflight.late_replies, inflight.duplicate_replies) == (0, 1)
+    assert f"task t1 {DUPLICATE_REPLY}" in caplog.text
 
 
 def test_the_reader_waits_at_the_limit_until_half_are_answered(channel: tuple[ProtocolChannel, int]) -> None:
