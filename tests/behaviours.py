@@ -20,13 +20,18 @@ from runqy import RetryableError, current_task, load, task
 STUCK_S = 10.0
 #: A rendezvous that is not met within this fails the task instead of hanging the test.
 RENDEZVOUS_TIMEOUT_S = 5.0
+#: When set, every ``@load`` leaves a file in this folder: tests wait on it for a replacement child to be ready.
+LOADS_DIR_VAR = "BEHAVIOURS_LOADS_DIR"
 _POLL_S = 0.005
 
 
 @load
 def setup() -> dict[str, Any]:
     # A fresh token per load: tasks that see the same token share one context object.
-    return {"token": uuid.uuid4().hex}
+    token = uuid.uuid4().hex
+    if loads_dir := os.environ.get(LOADS_DIR_VAR):
+        (Path(loads_dir) / token).touch()
+    return {"token": token}
 
 
 @task

@@ -84,10 +84,9 @@ def test_on_a_sleeping_handler_the_thread_runner_comes_out_ahead(tmp_path: Path,
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("runner", runner_params("process"))
-def test_on_a_pure_python_spin_handler_the_process_runner_uses_both_cores(tmp_path: Path, runner: str) -> None:
-    # Which runner wins is decided by recommend() (tested on fixed figures below) from throughput,
-    # which a shared 2-core machine makes noisy; what must hold on any machine is that the process
-    # runner's children really spin in parallel while the thread runner is held to one core by the GIL.
+def test_a_spin_handler_is_benched_on_every_runner_asked_for(tmp_path: Path, runner: str) -> None:
+    # Which runner wins, and by how much CPU, is decided by recommend() (tested on fixed figures below)
+    # from figures that other work on the machine moves: those live in docs/benchmarks.md, not here.
     payload = json.dumps({"kind": "spin", "n": spin_iterations(0.02)})
     done = bench(
         "--runners", f"sequential,thread,{runner}", "--payload", payload, "--generate", "40", "--concurrency", "2",
@@ -96,10 +95,28 @@ def test_on_a_pure_python_spin_handler_the_process_runner_uses_both_cores(tmp_pa
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()[2:5]}
     assert set(rows) == {"sequential", "thread", runner}, done.stdout
-    cpu_percent = {name: float(row[5]) for name, row in rows.items()}
-    assert cpu_percent["thread"] <= 110 < 130 <= cpu_percent[runner], done.stdout
     assert all(row[-2:] == ["0", "0"] for row in rows.values()), done.stdout  # nothing failed, nothing lost
     assert re.search(r"^recommendation: ", done.stdout, re.MULTILINE), done.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("runner", runner_params("process"))
+def test_on_a_pure_python_spin_handler_the_process_runner_spins_in_two_children_at_once(runner: str) -> None:
+    # On a busy machine the children get less CPU, but they still run at the same time: each
+    # task reports its process and when it started and ended, on the machine-wide monotonic clock.
+    payload = {"kind": "spin", "n": spin_iterations(0.02)}
+    argv = [sys.executable, "-m", "runqy", "run", str(WORKER), "--runner", runner]
+    env = {**CLEAN_ENV, "RUNQY_RUNNER__NUM_PROCESSES": "2"}
+    result = measure(runner, argv, [payload], tasks=40, concurrency=2, env=env)
+    assert result.summary.count("ok") == 40
+    spins = [outcome.response["result"] for outcome in result.outcomes if outcome.response]
+    assert len({spin["pid"] for spin in spins}) == 2
+    overlapping = [
+        (a, b)
+        for a, b in itertools.combinations(spins, 2)
+        if a["pid"] != b["pid"] and a["started"] < b["ended"] and b["started"] < a["ended"]
+    ]
+    assert overlapping, "no two children ever ran a task at the same time"
 
 
 def figures(name: str, tasks_per_s: float, lost: int = 0) -> BenchResult:
