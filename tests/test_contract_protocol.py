@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from behaviours import LOADS_DIR_VAR
+from behaviours import LOAD_GREETING, LOADS_DIR_VAR
 from conftest import capacity_of
 from harness import wait_for_files
 
@@ -126,6 +126,16 @@ def test_sigterm_when_idle_exits_zero_within_a_second(spawn: Spawn) -> None:
     # The promise itself ("SIGTERM while idle exits at once", docs/index.md), measured from the
     # signal to the exit: it covers stopping the children of the process and hybrid runners.
     assert took_s < IDLE_SHUTDOWN_S, f"an idle worker took {took_s:.2f}s to exit after SIGTERM"
+
+
+def test_print_in_load_and_shell_output_never_reach_stdout(spawn: Spawn) -> None:
+    worker = spawn()
+    response = worker.call({"op": "shell", "command": "echo from a shell command"}, timeout_s=ANSWER_TIMEOUT_S)
+    assert (response["result"], response["error"]) == (0, None)
+    assert worker.shutdown() == 0
+    # Both went somewhere a user can read them: stderr, which the Go worker logs.
+    assert LOAD_GREETING in worker.stderr_lines and "from a shell command" in worker.stderr_lines
+    assert worker.garbage_lines == [] and worker.unmatched_responses == []
 
 
 def _outcome(worker: LocalWorker, payload: object) -> Outcome:
