@@ -105,12 +105,12 @@ class AttemptEngine:
     Thread-safe: any number of threads may call :meth:`run` at once.
     """
 
-    def __init__(self, handler: BoundHandler, policy: RetryPolicy, on_abandon: OnAbandon | None = None) -> None:
+    def __init__(self, handler: BoundHandler, policy: RetryPolicy, on_abandon: OnAbandon) -> None:
         self.handler = handler
         self.policy = policy
         # The handler maps exceptions to responses, so it is what must know the retryable ones.
         handler.retry_exceptions = policy.retry_exceptions
-        self._on_abandon = on_abandon or _continue_in_new_thread
+        self._on_abandon = on_abandon
         self._lock = threading.Lock()
         self._abandoned = 0
         # Timed attempts in progress. Both the finishing thread and the watchdog claim an
@@ -289,10 +289,6 @@ def resolve_exception(name: str) -> type[BaseException]:
 def timed_out(request: TaskRequest, timeout_s: float, attempt: int) -> TaskResponse:
     """The retryable error response of an attempt that ran out of time."""
     return TaskResponse.failure(request.task_id, str(TaskTimeout(timeout_s, attempt)), retry=True)
-
-
-def _continue_in_new_thread(_abandoned: threading.Thread, continuation: Continuation) -> None:
-    threading.Thread(target=continuation, name="runqy-retry", daemon=True).start()
 
 
 def _summary(text: str | None) -> str:
