@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from runqy.builder import RunqyBuilder
     from runqy.config.resolve import load_settings
     from runqy.config.settings import RunqySettings
-    from runqy.context import TaskInfo, current_task
+    from runqy.context import TaskInfo, current_batch, current_task
     from runqy.errors import (
         ConfigError,
         ConfigWarning,
@@ -44,6 +44,7 @@ _LAZY = {
     "task": "runqy.app",
     "RunqyBuilder": "runqy.builder",
     "TaskInfo": "runqy.context",
+    "current_batch": "runqy.context",
     "current_task": "runqy.context",
     "ConfigError": "runqy.errors",
     "ConfigWarning": "runqy.errors",
@@ -88,6 +89,7 @@ __all__ = [
     "TaskTimeout",
     "Worker",
     "WorkerCrashed",
+    "current_batch",
     "current_task",
     "load",
     "load_settings",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import threading
 import traceback
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from runqy.context import Cancellation, _current
+from runqy.batching import BatchSpec
+from runqy.context import Cancellation, _current, _current_batch
 from runqy.errors import HandlerNotRegistered, LoadFailed, RetryableError
 from runqy.protocol import TaskRequest, TaskResponse, new_response
 
@@ -18,7 +21,7 @@ if TYPE_CHECKING:
     # this module, and a replacement child serves that much later.
     from runqy.aio import EventLoopThread
 
-__all__ = ["BoundHandler", "Registry", "default_registry", "load", "task"]
+__all__ = ["BoundHandler", "Registry", "batch_responses", "default_registry", "load", "task"]
 
 log = logging.getLogger("runqy")
 
@@ -31,35 +34,87 @@ class Registry:
     def __init__(self) -> None:
         self.handler: Callable[..., Any] | None = None
         self.loader: Callable[[], Any] | None = None
+        #: The handler is a plain function that may run in a thread pool beside an event loop (async runner).
+        self.offload = False
+        #: ``@task(batch_size=...)``: the handler takes a list of payloads; None for one payload per call.
+        self.batch_size: int | None = None
+        #: ``@task(max_wait_ms=...)``: how long a short batch may wait for more tasks; None for the setting.
+        self.max_wait_ms: float | None = None
 
     @overload
-    def task(self, fn: F, /) -> F: ...
+    def task(self, fn: F, /, *, offload: bool = False) -> F: ...
     @overload
-    def task(self, fn: None = None, /) -> Callable[[F], F]: ...
-    def task(self, fn: F | None = None, /) -> F | Callable[[F], F]:
-        """Register the task handler: ``handler(payload)`` or ``handler(payload, ctx)``; may be ``async def``."""
-        if fn is None:
-            return self.task
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        batch_size: int | None = None,
+        max_wait_ms: float | None = None,
+        offload: bool = False,
+    ) -> Callable[[F], F]: ...
+    def task(
+        self,
+        fn: F | None = None,
+        /,
+        *,
+        batch_size: int | None = None,
+        max_wait_ms: float | None = None,
+        offload: bool = False,
+    ) -> F | Callable[[F], F]:
+        """Register the task handler: ``handler(payload)`` or ``handler(payload, ctx)``; may be ``async def``.
+
+        With ``batch_size=N`` it is a batch handler: ``handler(payloads)`` or
+        ``handler(payloads, ctx)`` gets a list of up to N payloads and returns a list of
+        as many results, in order (see docs/batching.md). ``max_wait_ms`` is how long a
+        batch short of N may wait for more tasks (default 0: never). ``offload=True``
+        declares a plain ``def`` handler safe to run in a bounded thread pool beside the
+        event loop, so that the async runner accepts it.
+        """
+        register = partial(self._register, batch_size=batch_size, max_wait_ms=max_wait_ms, offload=offload)
+        return register if fn is None else register(fn)
+
+    def _register(self, fn: F, *, batch_size: int | None, max_wait_ms: float | None, offload: bool) -> F:
+        # Checked here, so that a bad value fails at import time, where it was written.
+        BatchSpec(1 if batch_size is None else batch_size, (max_wait_ms or 0.0) / 1000)
         if self.handler is not None and self.handler is not fn:
             log.warning("@task %s replaces the handler registered before, %s", _name(fn), _name(self.handler))
         self.handler = fn
+        self.batch_size = batch_size
+        self.max_wait_ms = max_wait_ms
+        self.offload = offload
         return fn
+
+    def batch_spec(self) -> BatchSpec | None:
+        """How the handler's calls are batched; None when it takes one payload per call."""
+        if self.batch_size is None:
+            return None
+        return BatchSpec(self.batch_size, (self.max_wait_ms or 0.0) / 1000)
+
+    def with_batch_defaults(self, batch_size: int | None, max_wait_ms: float | None) -> Registry:
+        """This registry, with batch values the ``@task`` decorator left unset taken from settings (code wins)."""
+        if batch_size is None and max_wait_ms is None:
+            return self
+        configured = copy.copy(self)
+        configured.batch_size = self.batch_size if self.batch_size is not None else batch_size
+        configured.max_wait_ms = self.max_wait_ms if self.max_wait_ms is not None else max_wait_ms
+        return configured
 
     def load(self, fn: F, /) -> F:
         """Register the function run once per process before serving; its return value is the handler's ``ctx``."""
         self.loader = fn
         return fn
 
-    def bind(self) -> BoundHandler:
+    def bind(self, loop: EventLoopThread | None = None) -> BoundHandler:
         """Run ``@load`` (in this process) and bind its result to the handler.
 
-        Raises :class:`HandlerNotRegistered` without a handler and :class:`LoadFailed`
-        when the loader raised.
+        An ``async def`` handler or loader runs on ``loop``, or on a loop of its own
+        when none is given. Raises :class:`HandlerNotRegistered` without a handler and
+        :class:`LoadFailed` when the loader raised.
         """
         if self.handler is None:
             raise HandlerNotRegistered("no task handler registered: decorate your handler function with @task")
-        loop = None
-        if _is_async(self.handler) or _is_async(self.loader):
+        if loop is None and (_is_async(self.handler) or _is_async(self.loader)):
             from runqy.aio import EventLoopThread
 
             loop = EventLoopThread()
@@ -72,18 +127,27 @@ class Registry:
                     loop.close()
                 raise LoadFailed(f"@load {_name(self.loader)} failed: {type(exc).__name__}: {exc}") from exc
         pass_ctx = self.loader is not None or _positional_arity(self.handler) >= 2
-        return BoundHandler(self.handler, ctx, pass_ctx, loop)
+        return BoundHandler(self.handler, ctx, pass_ctx, loop, self.batch_spec())
 
 
 class BoundHandler:
     """A handler bound to its ``@load`` context: runs one attempt of a task and maps its outcome."""
 
-    def __init__(self, fn: Callable[..., Any], ctx: Any, pass_ctx: bool, loop: EventLoopThread | None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        ctx: Any,
+        pass_ctx: bool,
+        loop: EventLoopThread | None,
+        batch: BatchSpec | None = None,
+    ) -> None:
         self.fn = fn
         self.ctx = ctx
         self.pass_ctx = pass_ctx
         self.loop = loop
         self.is_async = _is_async(fn)
+        #: Set for a batch handler: its calls take a list of payloads (see :meth:`execute_batch`).
+        self.batch = batch
         #: Exceptions answered as retryable (``retry: true``) besides ``RetryableError``.
         self.retry_exceptions: tuple[type[BaseException], ...] = ()
 
@@ -106,7 +170,8 @@ class BoundHandler:
         try:
             coro = self.fn(request.payload, self.ctx) if self.pass_ctx else self.fn(request.payload)
             result = await coro
-        except Exception as exc:  # noqa: BLE001 - every handler error becomes the task's error response
+        # Everything but the cancellation: a SystemExit raised on the loop would stop it for every task.
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - every handler error is answered
             return failure_response(request, exc, self.retry_exceptions)
         return TaskResponse(request.task_id, result)
 
@@ -116,9 +181,65 @@ class BoundHandler:
             return self.loop.run(self.execute_async(request, attempt))
         return self.execute(request, attempt)
 
+    def execute_batch(
+        self, tasks: list[tuple[TaskRequest, int]], cancel: Cancellation | None = None
+    ) -> list[TaskResponse]:
+        """Run a synchronous batch handler once over ``tasks`` (each with its attempt number); never raises."""
+        token = _current_batch.set((tasks, cancel or _NEVER_CANCELLED))
+        try:
+            payloads = [request.payload for request, _ in tasks]
+            results = self.fn(payloads, self.ctx) if self.pass_ctx else self.fn(payloads)
+        except BaseException as exc:  # noqa: BLE001 - as in execute(): the call's tasks fail, not the worker
+            return [failure_response(request, exc, self.retry_exceptions) for request, _ in tasks]
+        finally:
+            _current_batch.reset(token)
+        return batch_responses(tasks, results, self.retry_exceptions)
+
+    async def execute_batch_async(
+        self, tasks: list[tuple[TaskRequest, int]], cancel: Cancellation | None = None
+    ) -> list[TaskResponse]:
+        """Run an ``async def`` batch handler once on the worker's loop; never raises except on cancellation."""
+        _current_batch.set((tasks, cancel or _NEVER_CANCELLED))
+        try:
+            payloads = [request.payload for request, _ in tasks]
+            coro = self.fn(payloads, self.ctx) if self.pass_ctx else self.fn(payloads)
+            results = await coro
+        except Exception as exc:  # noqa: BLE001 - every handler error becomes the error of the call's tasks
+            return [failure_response(request, exc, self.retry_exceptions) for request, _ in tasks]
+        return batch_responses(tasks, results, self.retry_exceptions)
+
+    def execute_batch_blocking(self, tasks: list[tuple[TaskRequest, int]]) -> list[TaskResponse]:
+        """Run one call of either kind of batch handler and wait for it, without a time limit."""
+        if self.loop is not None and self.is_async:
+            return self.loop.run(self.execute_batch_async(tasks))
+        return self.execute_batch(tasks)
+
     def close(self) -> None:
         if self.loop is not None:
             self.loop.close()
+
+
+def batch_responses(
+    tasks: list[tuple[TaskRequest, int]], results: Any, retry_exceptions: tuple[type[BaseException], ...] = ()
+) -> list[TaskResponse]:
+    """Map a batch handler's returned list to one response per task.
+
+    An exception instance in the list fails only its task; a return value that is not
+    a list of the right length fails every task of the call, saying what was expected.
+    """
+    if not isinstance(results, (list, tuple)) or len(results) != len(tasks):
+        got = f"a {type(results).__name__}" + (f" of {len(results)}" if isinstance(results, (list, tuple)) else "")
+        why = (
+            f"the batch handler returned {got} for {len(tasks)} payload(s); "
+            "expected a list with one result per payload, in the order of the payloads"
+        )
+        return [TaskResponse.failure(request.task_id, why) for request, _ in tasks]
+    return [
+        failure_response(request, result, retry_exceptions)
+        if isinstance(result, BaseException)
+        else TaskResponse(request.task_id, result)
+        for (request, _), result in zip(tasks, results, strict=True)
+    ]
 
 
 # Shared by every attempt that has no time limit: nothing ever cancels those.

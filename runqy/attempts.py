@@ -34,9 +34,18 @@ from typing import Final
 
 from runqy.app import BoundHandler, failure_response
 from runqy.errors import TaskTimeout
+from runqy.observe.telemetry import FAILED, OK, RETRY, TIMED_OUT, TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
 
-__all__ = ["AttemptEngine", "Continuation", "RetryPolicy", "resolve_exception", "timed_out"]
+__all__ = [
+    "AttemptEngine",
+    "Continuation",
+    "RetryPolicy",
+    "TimedOutResponse",
+    "outcome_of",
+    "resolve_exception",
+    "timed_out",
+]
 
 log = logging.getLogger("runqy")
 
@@ -48,6 +57,22 @@ Continuation = Callable[[], bool]
 OnAbandon = Callable[[threading.Thread, Continuation], None]
 
 _GONE: Final = object()
+_clock: Final = time.perf_counter
+
+
+class TimedOutResponse(TaskResponse):
+    """The response of an attempt that ran out of time: a TaskResponse that says why, for the counts."""
+
+    __slots__ = ()
+
+
+def outcome_of(response: TaskResponse) -> str:
+    """How an attempt with this response ended: ok, failed, retry or timed_out."""
+    if response.error is None:
+        return OK
+    if isinstance(response, TimedOutResponse):
+        return TIMED_OUT
+    return RETRY if response.retry else FAILED
 
 
 @dataclass(frozen=True)
@@ -105,9 +130,18 @@ class AttemptEngine:
     Thread-safe: any number of threads may call :meth:`run` at once.
     """
 
-    def __init__(self, handler: BoundHandler, policy: RetryPolicy, on_abandon: OnAbandon) -> None:
+    def __init__(
+        self,
+        handler: BoundHandler,
+        policy: RetryPolicy,
+        on_abandon: OnAbandon,
+        observer: TaskObserver | None = None,
+    ) -> None:
         self.handler = handler
         self.policy = policy
+        self._observer = observer or TaskObserver()
+        #: Time every attempt; otherwise (the default) a quick successful task costs no clock read.
+        self.measured = self._observer.measures
         # The handler maps exceptions to responses, so it is what must know the retryable ones.
         handler.retry_exceptions = policy.retry_exceptions
         self._on_abandon = on_abandon
@@ -136,6 +170,7 @@ class AttemptEngine:
         """
         attempt = first_attempt
         while True:
+            started = _clock() if self.measured else None
             try:
                 response = (
                     self.handler.execute(request, attempt) if self.untimed else self._attempt(request, attempt, reply)
@@ -145,16 +180,34 @@ class AttemptEngine:
                 response = failure_response(request, exc)
             if response is None:
                 return False
-            if self._settle(request, reply, attempt, response):
+            if self._settle(request, reply, attempt, response, started):
                 return True
             attempt += 1
 
-    def _settle(self, request: TaskRequest, reply: Reply, attempt: int, response: TaskResponse) -> bool:
-        """Reply if ``response`` is final; else wait out the backoff and return False."""
-        if not response.retry or attempt > self.policy.max_retries:
+    def _settle(
+        self,
+        request: TaskRequest,
+        reply: Reply,
+        attempt: int,
+        response: TaskResponse,
+        started: float | None,
+        thread: threading.Thread | None = None,
+    ) -> bool:
+        """Reply if ``response`` is final; else wait out the backoff and return False.
+
+        ``started``: when the attempt began (None when not measured); ``thread``: where
+        it ran, if not in the calling thread.
+        """
+        final = not response.retry or attempt > self.policy.max_retries
+        # Only failures and measured tasks are observed: a quick success costs nothing here.
+        if response.error is not None or self.measured:
+            duration_s = None if started is None else _clock() - started
+            where = (thread or threading.current_thread()).name
+            observe = self._observer.finished if final else self._observer.retried
+            observe(request, attempt, outcome_of(response), duration_s, where, None, response.error)
+        if final:
             reply(response)
             return True
-        log.info("task %s: attempt %d failed, retrying: %s", request.task_id, attempt, _summary(response.error))
         if self.policy.retry_backoff_s > 0:
             time.sleep(self.policy.backoff_s(attempt))
         return False
@@ -165,7 +218,7 @@ class AttemptEngine:
         if self.handler.is_async:
             return self._attempt_async(request, number, timeout_s)
         assert timeout_s is not None
-        attempt = _Attempt(request, number, reply, time.monotonic() + timeout_s)
+        attempt = _Attempt(request, number, reply, _clock() + timeout_s)
         self._running[attempt] = None
         response = self.handler.execute(request, number, attempt)
         if self._running.pop(attempt, _GONE) is _GONE:
@@ -202,26 +255,12 @@ class AttemptEngine:
 
     def _expire(self, attempt: _Attempt) -> None:
         """Give up on one attempt past its deadline."""
-        if self._running.pop(attempt, _GONE) is _GONE:
-            return  # it finished just now
-        attempt.cancelled = True
-        with self._lock:
-            self._abandoned += 1
-            abandoned = self._abandoned
+        if not self._abandon(attempt):
+            return
         timeout_s = self.policy.task_timeout_s
         assert timeout_s is not None
         request = attempt.request
-        log.warning(
-            "task %s: attempt %d timed out after %gs; abandoning its thread", request.task_id, attempt.number, timeout_s
-        )
-        if abandoned > self.policy.max_abandoned_threads:
-            log.warning(
-                "%d timed-out attempts are still running in abandoned threads (max_abandoned_threads=%d): "
-                "make the handler return when current_task().cancelled is true, or use the process runner, "
-                "which kills timed-out tasks",
-                abandoned,
-                self.policy.max_abandoned_threads,
-            )
+        self._observer.abandoned(request, attempt.number, attempt.thread.name, timeout_s)
         response = timed_out(request, timeout_s, attempt.number)
         try:
             self._on_abandon(attempt.thread, partial(self._resume, attempt, response))
@@ -231,9 +270,31 @@ class AttemptEngine:
             )
             attempt.reply(response)
 
+    def _abandon(self, attempt: _Attempt) -> bool:
+        """Claim an attempt past its deadline for the watchdog and count its thread as abandoned.
+
+        False when it finished just now (its own thread claimed it first).
+        """
+        if self._running.pop(attempt, _GONE) is _GONE:
+            return False
+        attempt.cancelled = True
+        with self._lock:
+            self._abandoned += 1
+            abandoned = self._abandoned
+        if abandoned > self.policy.max_abandoned_threads:
+            log.warning(
+                "%d timed-out attempts are still running in abandoned threads (max_abandoned_threads=%d): "
+                "make the handler return when current_task().cancelled is true, or use the process runner, "
+                "which kills timed-out tasks",
+                abandoned,
+                self.policy.max_abandoned_threads,
+            )
+        return True
+
     def _resume(self, attempt: _Attempt, response: TaskResponse) -> bool:
         """The rest of a task after its attempt timed out: reply, or back off and retry here."""
-        if self._settle(attempt.request, attempt.reply, attempt.number, response):
+        started = attempt.deadline - (self.policy.task_timeout_s or 0.0)
+        if self._settle(attempt.request, attempt.reply, attempt.number, response, started, attempt.thread):
             return True
         return self.run(attempt.request, attempt.reply, attempt.number + 1)
 
@@ -260,10 +321,10 @@ class _Watchdog:
 
     def _watch(self) -> None:
         while not self._stopped.is_set():
-            now = time.monotonic()
+            now = _clock()
             earliest = self._engine._expire_overdue(now)
             next_scan = now + self._timeout_s if earliest is None else min(earliest, now + self._timeout_s)
-            self._stopped.wait(next_scan - time.monotonic())
+            self._stopped.wait(next_scan - _clock())
 
     def stop(self) -> None:
         self._stopped.set()
@@ -288,9 +349,4 @@ def resolve_exception(name: str) -> type[BaseException]:
 
 def timed_out(request: TaskRequest, timeout_s: float, attempt: int) -> TaskResponse:
     """The retryable error response of an attempt that ran out of time."""
-    return TaskResponse.failure(request.task_id, str(TaskTimeout(timeout_s, attempt)), retry=True)
-
-
-def _summary(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else ""
+    return TimedOutResponse(request.task_id, None, str(TaskTimeout(timeout_s, attempt)), True)

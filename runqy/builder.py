@@ -52,6 +52,10 @@ class RunqyBuilder:
         """A pool of ``max_threads`` threads sharing one ``@load`` context (I/O-bound or GIL-releasing handlers)."""
         return self._choose("thread", max_threads=max_threads)
 
+    def async_runner(self, max_concurrency: int | None = None) -> Self:
+        """``async def`` tasks as coroutines on one event loop, ``max_concurrency`` at once (default 1000)."""
+        return self._choose("async", max_concurrency=max_concurrency)
+
     def persistent_process_runner(
         self, num_processes: int | None = None, *, start_method: StartMethod | None = None
     ) -> Self:

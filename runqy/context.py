@@ -1,4 +1,4 @@
-"""What a handler can learn about the task it runs: :func:`current_task`."""
+"""What a handler can learn about the task it runs: :func:`current_task`, or :func:`current_batch` in batches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Protocol
 from runqy.errors import RunqyError
 from runqy.protocol import TaskRequest
 
-__all__ = ["Cancellation", "TaskInfo", "current_task"]
+__all__ = ["Cancellation", "TaskInfo", "current_batch", "current_task"]
 
 
 class Cancellation(Protocol):
@@ -53,6 +53,8 @@ class TaskInfo:
 # What runs now, as (request, attempt, cancel flag): a TaskInfo is only built when a
 # handler asks for one, which keeps it off the hot path of handlers that never do.
 _current: ContextVar[tuple[TaskRequest, int, Cancellation]] = ContextVar("runqy_current_task")
+# What a batch handler runs now: each task with its attempt number, and the call's one cancel flag.
+_current_batch: ContextVar[tuple[list[tuple[TaskRequest, int]], Cancellation]] = ContextVar("runqy_current_batch")
 
 
 def current_task() -> TaskInfo:
@@ -63,5 +65,24 @@ def current_task() -> TaskInfo:
     try:
         request, attempt, cancel = _current.get()
     except LookupError:
+        if _current_batch.get(None) is not None:
+            raise RunqyError(
+                "current_task() is not available in a batch handler (@task(batch_size=...)): "
+                "it runs several tasks at once; use current_batch(), which lists them in payload order"
+            ) from None
         raise RunqyError("current_task() is only available while a @task handler runs") from None
     return TaskInfo.for_request(request, attempt, cancel)
+
+
+def current_batch() -> list[TaskInfo]:
+    """Return the tasks of the running batch handler call, in the order of its payloads.
+
+    Raises :class:`RunqyError` when called outside a batch handler.
+    """
+    try:
+        tasks, cancel = _current_batch.get()
+    except LookupError:
+        raise RunqyError(
+            "current_batch() is only available while a batch handler (@task(batch_size=...)) runs"
+        ) from None
+    return [TaskInfo.for_request(request, attempt, cancel) for request, attempt in tasks]

@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "ConfigWarning",
     "HandlerNotRegistered",
+    "HandlerUnsupported",
     "LoadFailed",
     "ProtocolError",
     "RetryableError",
@@ -74,6 +75,10 @@ class ProtocolError(RunqyError):
 
 class HandlerNotRegistered(RunqyError):
     """Raised when a worker is started without a ``@task`` handler."""
+
+
+class HandlerUnsupported(RunqyError):
+    """Raised at start when the chosen runner cannot run the handler (a plain ``def`` on the async runner)."""
 
 
 class LoadFailed(RunqyError):

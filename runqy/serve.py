@@ -13,6 +13,7 @@ returns the process exit code.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import logging
@@ -178,7 +179,14 @@ class Server:
         #: The incomplete last line of what was read so far; every reader thread goes on from it.
         self._pending = b""
         self._inline: InlineExecution | None = None
-        self._stop = threading.Event()
+        # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
+        # the main thread, and Event.set() there deadlocks if the signal lands while that same
+        # thread holds the Event's lock (between entering Event.wait and parking in it). The
+        # handler writes to the pipe directly; other threads under _wake_lock, because the pipe
+        # is closed when serve() returns and a late reader must not write to a reused fd.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._wake_lock = threading.Lock()
         self._reason: StopReason | None = None
         self._signals_seen = 0
         #: After :meth:`serve`: whether every task finished (False when some were given up on).
@@ -197,17 +205,29 @@ class Server:
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
             self._start_reader()
-            self._stop.wait()
+            while self._reason is None:
+                os.read(self._wake_r, 64)
             return self._shut_down()
         finally:
-            restore()
+            restore()  # first: the handler writes to the pipe without the lock
+            with self._wake_lock:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self._wake_w = -1
             if self._inline is not None:
                 self._inline.close()
 
     def _stop_with(self, reason: StopReason) -> None:
+        """Stop serving, from any thread but the signal handler's (see :meth:`_on_signal`)."""
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                self._set_reason(reason)
+
+    def _set_reason(self, reason: StopReason) -> None:
         if self._reason is None:
             self._reason = reason
-        self._stop.set()
+        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
+            os.write(self._wake_w, b"!")
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -309,7 +329,7 @@ class Server:
             signal.Signals(signum).name,
             self.shutdown_timeout_s,
         )
-        self._stop_with(StopReason.SIGNAL)
+        self._set_reason(StopReason.SIGNAL)  # no lock here: this thread may hold it already
 
     def _on_fatal(self, exc: BaseException) -> None:
         log.critical("runner failed, exiting so that the worker restarts this process: %s", exc)

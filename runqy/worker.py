@@ -6,13 +6,18 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from runqy.app import Registry, default_registry
-from runqy.errors import HandlerNotRegistered, LoadFailed, TaskFailed
+from runqy.errors import HandlerNotRegistered, HandlerUnsupported, LoadFailed, TaskFailed
+from runqy.observe.logs import configure_logging, install_task_records
+from runqy.observe.prometheus import MetricsServer, MetricsUnavailable
+from runqy.observe.report import StatsReporter, WorkerStats, collect_stats
+from runqy.observe.telemetry import Telemetry
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, error_status_line
 from runqy.runners.base import Runner
 from runqy.serve import Server
@@ -49,15 +54,29 @@ class Worker:
         self.settings = settings or load_settings()
         self.registry = registry or default_registry
         self._runner: Runner | None = None
+        self._server: Server | None = None
+        settings = self.settings
+        #: What became of every task; read by :meth:`stats`, the stats line and the metrics.
+        self.telemetry = Telemetry(
+            measure=settings.stats_interval_s is not None or settings.metrics_port is not None,
+            slow_task_s=settings.slow_task_s,
+            log_every_task=settings.log_every_task,
+        )
 
     @property
     def runner(self) -> Runner:
         """The started runner (starting it, and so running ``@load``, on first use)."""
         if self._runner is None:
+            install_task_records()
             runner = self.settings.build_runner()
-            runner.start(self.registry)
+            runner.telemetry = self.telemetry
+            runner.start(self._configured_registry())
             self._runner = runner
         return self._runner
+
+    def _configured_registry(self) -> Registry:
+        # The batch settings fill in what @task(batch_size=..., max_wait_ms=...) left unset: code wins.
+        return self.registry.with_batch_defaults(self.settings.batch_size, self.settings.batch_max_wait_ms)
 
     def run(self) -> None:
         """Serve tasks from stdin until it closes or a signal arrives (long-running mode)."""
@@ -70,16 +89,30 @@ class Worker:
     def _serve(self, *, one_shot: bool) -> None:
         global _served
         _served = True
-        _configure_logging(self.settings.log_level)
+        settings = self.settings
+        configure_logging(settings.log_level, settings.log_format)
         channel = _claim_channel()
+        metrics = MetricsServer(self.telemetry, self.stats)
         try:
+            if settings.metrics_port is not None:  # before the runner: a port in use fails start-up at once
+                metrics.start(settings.metrics_address, settings.metrics_port)
             runner = self.runner
-        except (HandlerNotRegistered, LoadFailed) as exc:
+        except (HandlerNotRegistered, HandlerUnsupported, LoadFailed, MetricsUnavailable) as exc:
             log.error("%s", exc, exc_info=isinstance(exc, LoadFailed))
             channel.send(error_status_line(str(exc)))
             _exit_now(channel, 1)
-        server = Server(runner, channel, shutdown_timeout_s=self.settings.shutdown_timeout_s, one_shot=one_shot)
-        code = server.serve()
+        server = Server(runner, channel, shutdown_timeout_s=settings.shutdown_timeout_s, one_shot=one_shot)
+        self._server = server
+        reporter = None
+        if settings.stats_interval_s is not None:
+            reporter = StatsReporter(self.telemetry, runner, server.inflight.__len__, settings.stats_interval_s)
+            reporter.start()
+        try:
+            code = server.serve()
+        finally:
+            if reporter is not None:
+                reporter.stop()
+            metrics.close()
         stuck = runner.abandoned_attempts
         if code != 0 or stuck or not server.drained:
             if stuck:
@@ -101,7 +134,14 @@ class Worker:
         ``return_exceptions=True`` every payload runs and a failed one's place in the
         list holds its ``TaskFailed`` instead.
         """
-        return _map(self.runner, payloads, return_exceptions)
+        batch = self._configured_registry().batch_spec()
+        return _map(self.runner, payloads, return_exceptions, batch.size if batch is not None else 1)
+
+    def stats(self) -> WorkerStats:
+        """The worker's figures since it was created: tasks by outcome, durations, and the runner's gauges now."""
+        in_flight = len(self._server.inflight) if self._server is not None else 0
+        period_s = time.monotonic() - self.telemetry.started_at
+        return collect_stats(self.telemetry.tally(), period_s, self._runner, in_flight)
 
     def close(self) -> None:
         """Close the runner (finishing what it runs) and release its threads or processes; the next use restarts it."""
@@ -143,10 +183,10 @@ def run_once(**settings: Any) -> None:
         worker.run_once()
 
 
-def _map(runner: Runner, payloads: Iterable[Any], return_exceptions: bool) -> list[Any]:
-    # Twice the capacity in flight: enough that no slot idles between tasks, few
-    # enough that a long or endless iterable is not read ahead.
-    limit = 2 * runner.capacity
+def _map(runner: Runner, payloads: Iterable[Any], return_exceptions: bool, batch_size: int) -> list[Any]:
+    # Twice the capacity (in batches) in flight: enough that no slot idles between
+    # calls, few enough that a long or endless iterable is not read ahead.
+    limit = 2 * runner.capacity * batch_size
     responses: list[TaskResponse | None] = []
     changed = threading.Condition()
     outstanding = 0
@@ -205,16 +245,6 @@ def _exit_now(channel: ProtocolChannel, code: int) -> None:
     channel.flush()
     sys.stderr.flush()
     os._exit(code)
-
-
-def _configure_logging(level: str) -> None:
-    """Log runqy's own messages to stderr unless the application configured logging itself."""
-    if logging.getLogger().handlers or log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("runqy %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level)
 
 
 def load_settings(**overrides: Any) -> RunqySettings:

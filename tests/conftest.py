@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import async_behaviours
 import behaviours
 import pytest
 
@@ -34,9 +35,12 @@ RUNNERS: dict[str, dict[str, str]] = {
         "RUNQY_RUNNER__NUM_PROCESSES": "2",
         "RUNQY_RUNNER__THREADS_PER_PROCESS": "2",
     },
+    # 50 coroutines: many at once, few enough for the rendezvous tests' polling.
+    "async": {"RUNQY_RUNNER_CLS": "async", "RUNQY_RUNNER__MAX_CONCURRENCY": "50"},
 }
+#: The async runner runs async def handlers only: it serves the async twin of the behaviours worker.
+BEHAVIOURS_OF = {"async": async_behaviours}
 
-BEHAVIOURS = Path(behaviours.__file__)
 #: Worker start-up in a busy test run: far above normal, far below a hang.
 STARTUP_TIMEOUT_S = 30.0
 #: How long a runner may take to close at the end of a test.
@@ -57,11 +61,12 @@ def runner_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def behaviours_registry() -> Registry:
-    """A fresh registry holding the behaviours worker's handler and loader."""
+def behaviours_registry(runner_name: str = "thread") -> Registry:
+    """A fresh registry holding the handler and loader of the behaviours worker that ``runner_name`` serves."""
+    module = BEHAVIOURS_OF.get(runner_name, behaviours)
     registry = Registry()
-    registry.load(behaviours.setup)
-    registry.task(behaviours.handle)
+    registry.load(module.setup)
+    registry.task(module.handle)
     return registry
 
 
@@ -74,7 +79,7 @@ def make_runner(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[C
         for name, value in {**RUNNERS[runner_name], **env}.items():
             monkeypatch.setenv(name, value)
         runner = load_settings().build_runner()
-        runner.start(behaviours_registry())
+        runner.start(behaviours_registry(runner_name))
         started.append(runner)
         return runner
 
@@ -90,7 +95,8 @@ def spawn(runner_name: str) -> Iterator[Callable[..., LocalWorker]]:
 
     def start(**env: str) -> LocalWorker:
         base = {name: value for name, value in os.environ.items() if not name.startswith("RUNQY_")}
-        worker = LocalWorker.for_target(str(BEHAVIOURS), env={**base, **RUNNERS[runner_name], **env})
+        target = Path(BEHAVIOURS_OF.get(runner_name, behaviours).__file__)
+        worker = LocalWorker.for_target(str(target), env={**base, **RUNNERS[runner_name], **env})
         workers.append(worker)
         worker.wait_ready(STARTUP_TIMEOUT_S)
         return worker

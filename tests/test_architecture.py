@@ -21,6 +21,7 @@ PACKAGE_DIR = Path(runqy.__file__).parent
 #: Layers from the bottom up; a module may import its own layer and those below.
 #: The serving core is every top-level module that is not the public facade, and the
 #: Runner contract (``runqy.runners.base``): the core serves through it, runners implement it.
+#: ``runqy.observe`` (counts, log format, metrics) is core too: the core and every runner report to it.
 LAYERS = ["core", "runners", "config", "facade", "examples", "local", "cli"]
 FACADE = {"runqy", "runqy.worker", "runqy.builder"}
 CONTRACT = {"runqy.runners", "runqy.runners.base"}
@@ -34,7 +35,7 @@ def module_name(path: Path) -> str:
 def layer_of(module: str) -> str:
     if module in FACADE:
         return "facade"
-    if module in CONTRACT:
+    if module in CONTRACT or module == "runqy.observe" or module.startswith("runqy.observe."):
         return "core"
     if module == "runqy.__main__":
         return "cli"

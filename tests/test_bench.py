@@ -21,11 +21,12 @@ from runqy.local.stats import RunSummary
 from runqy.local.timeline import assign_slots, write_svg
 
 WORKER = Path(__file__).parent / "workers" / "bench_worker.py"
+ASYNC_WORKER = Path(__file__).parent / "workers" / "async_bench_worker.py"
 
 
-def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def bench(*args: str, cwd: Path, worker: Path = WORKER) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "runqy", "bench", str(WORKER), *args],
+        [sys.executable, "-m", "runqy", "bench", str(worker), *args],
         capture_output=True,
         text=True,
         env=CLEAN_ENV,
@@ -97,6 +98,23 @@ def test_a_spin_handler_is_benched_on_every_runner_asked_for(tmp_path: Path, run
     assert set(rows) == {"sequential", "thread", runner}, done.stdout
     assert all(row[-2:] == ["0", "0"] for row in rows.values()), done.stdout  # nothing failed, nothing lost
     assert re.search(r"^recommendation: ", done.stdout, re.MULTILINE), done.stdout
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("runner", runner_params("async"))
+def test_an_async_handler_that_waits_gets_the_async_runner_and_a_plain_one_skips_it(
+    tmp_path: Path, runner: str
+) -> None:
+    payload = json.dumps({"s": 0.05})
+    runners = f"sequential,thread,{runner}"
+    args = ("--runners", runners, "--payload", payload, "--generate", "200", "--concurrency", "50")
+    done = bench(*args, cwd=tmp_path, worker=ASYNC_WORKER)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r'^recommendation: runner_cls = "async" \(', done.stdout, re.MULTILINE), done.stdout
+    plain = bench("--runners", f"sequential,{runner}", "--payload", '{"kind": "sleep", "s": 0.001}', cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "async: skipped, it runs only async def handlers" in plain.stderr
+    assert [line.split()[0] for line in plain.stdout.splitlines()[2:-1]] == ["sequential"]
 
 
 @pytest.mark.timeout(120)

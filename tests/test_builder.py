@@ -35,6 +35,11 @@ def test_each_runner_method_sets_the_runner_and_its_options() -> None:
         "num_processes": 2,
         "threads_per_process": 4,
         "start_method": "spawn",
+        "max_concurrency": 1000,
+    }
+    assert RunqyBuilder().async_runner(max_concurrency=200).overrides() == {
+        "runner_cls": "async",
+        "runner": {"max_concurrency": 200},
     }
 
 

@@ -9,16 +9,14 @@ import os
 import random
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
-from runner_params import CLEAN_ENV, runner_params
+from runner_params import CLEAN_ENV, faulty_worker, runner_params
 
 from runqy.local.driver import LocalWorker, make_request
 from runqy.local.stats import Outcome
 from runqy.serve import DUPLICATE_REPLY
 
-WORKER = Path(__file__).parent / "workers" / "faulty_worker.py"
 SCALE = 10 if os.environ.get("RUNQY_SOAK") == "1" else 1
 #: One task in a hundred of each kind misbehaves.
 FAULTS = ("crash", "hang", "raise", "fd1")
@@ -70,7 +68,7 @@ def test_ten_thousand_tasks_with_crashes_hangs_raises_and_fd1_noise_are_each_ans
 ) -> None:
     requests = mixed_requests(10_000 * SCALE)
     env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": runner, "RUNQY_TASK_TIMEOUT_S": "0.3", "RUNQY_LOG_LEVEL": "WARNING"}
-    with LocalWorker([sys.executable, str(WORKER)], env=env) as worker:
+    with LocalWorker([sys.executable, str(faulty_worker(runner))], env=env) as worker:
         worker.wait_ready(timeout_s=60)
         outcomes = list(worker.run(requests, concurrency=16, deadline_s=60))
         answered = Counter(outcome.request["task_id"] for outcome in outcomes)
@@ -93,7 +91,7 @@ def test_ten_thousand_tasks_with_crashes_hangs_raises_and_fd1_noise_are_each_ans
 def test_sigterm_in_the_middle_of_a_loaded_run_answers_everything_it_accepted(runner: str) -> None:
     requests = [make_request({"kind": "sleep", "s": 0.002, "n": n}) for n in range(2_000 * SCALE)]
     env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": runner}
-    with LocalWorker([sys.executable, str(WORKER)], env=env) as worker:
+    with LocalWorker([sys.executable, str(faulty_worker(runner))], env=env) as worker:
         worker.wait_ready(timeout_s=60)
         outcomes: list[Outcome] = []
         signalled_at = None

@@ -10,14 +10,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from runner_params import CLEAN_ENV, runner_params
+from runner_params import CLEAN_ENV, faulty_worker, runner_params
 
 from runqy.local.driver import LocalWorker
-
-WORKER = Path(__file__).parent / "workers" / "faulty_worker.py"
 
 
 def request(task_id: str, payload: object = None, **fields: object) -> bytes:
@@ -92,7 +89,7 @@ MUST_SUCCEED = {
 @pytest.fixture(scope="module", params=runner_params())
 def worker(request: pytest.FixtureRequest) -> Iterator[LocalWorker]:
     env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": request.param}
-    with LocalWorker([sys.executable, str(WORKER)], env=env) as started:
+    with LocalWorker([sys.executable, str(faulty_worker(request.param))], env=env) as started:
         started.wait_ready(timeout_s=30)
         yield started
 

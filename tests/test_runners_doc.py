@@ -37,7 +37,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 
 
 def test_the_toml_example_selects_a_thread_runner_of_16(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text(block("toml", "[tool.runqy]"))
+    (tmp_path / "pyproject.toml").write_text(block("toml", 'runner_cls = "thread"'))
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConfigWarning)
         runner = load_settings().build_runner()

@@ -14,7 +14,7 @@ import psutil
 from runqy.cli.options import add_settings_options, add_task_source_options, read_jsonl, settings_arguments
 from runqy.errors import ConfigError
 from runqy.local.bench import available_runners, compare, format_table, measure, recommend
-from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S
+from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S, WorkerStartFailed
 from runqy.local.timeline import assign_slots, write_svg
 
 __all__ = ["add_bench_command"]
@@ -69,8 +69,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         argv = [sys.executable, "-m", "runqy", "run", args.target, "--runner", name, "--log-level", "INFO"]
         argv += [*settings, *sizing]
-        results.append(
-            measure(
+        try:
+            result = measure(
                 name,
                 argv,
                 payloads,
@@ -78,7 +78,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 startup_timeout_s=args.startup_timeout_s,
             )
-        )
+        except WorkerStartFailed as exc:
+            if name != "async" or "plain def" not in str(exc):
+                raise
+            print("runqy bench: async: skipped, it runs only async def handlers", file=sys.stderr, flush=True)
+            continue
+        results.append(result)
     compare(results)
     print(format_table(results))
     print(recommend(results))

@@ -52,6 +52,7 @@ RUNNER_SPECIFIC_FIELDS = (
     "runner.num_processes",
     "runner.threads_per_process",
     "runner.start_method",
+    "runner.max_concurrency",
 )
 
 _CHILDREN = frozenset({"runner.num_processes", "runner.start_method", "max_tasks_per_child", "max_memory_per_child_mb"})
@@ -83,6 +84,13 @@ BUILTIN_RUNNERS: dict[str, RunnerSpec] = {
             # Its threads run in-process inside each child: a timed-out one is abandoned, not killed.
             Capabilities(hard_timeout=False, shares_load_context=False, cpu_parallel=True),
             _CHILDREN | {"runner.threads_per_process", "max_abandoned_threads"},
+        ),
+        RunnerSpec(
+            "async",
+            "runqy.runners.eventloop:AsyncRunner",
+            # Cancelling a coroutine stops it at its next await; one that never awaits cannot be stopped.
+            Capabilities(hard_timeout=False, shares_load_context=True, cpu_parallel=False),
+            frozenset({"runner.max_concurrency"}),
         ),
     )
 }

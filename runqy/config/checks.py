@@ -142,6 +142,12 @@ def _derive_from_workers(settings: RunqySettings, runner: ResolvedRunner) -> dic
             f"= {workers} is ignored: runner_cls = {settings.runner_cls!r} runs one task at a time",
             'remove runner_cls (or use runner_cls = "thread") for a pool of threads',
         )
+    elif runner.name == "async":
+        _warn(
+            "python_workers",
+            f"= {workers} is ignored by the async runner, which runs tasks as coroutines, not on threads",
+            "set runner.max_concurrency instead",
+        )
     elif runner.name in ("process", "hybrid"):
         # Each child loads the model again: its count is never guessed from a thread count.
         _warn(

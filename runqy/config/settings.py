@@ -68,6 +68,8 @@ class RunnerOptions(BaseModel):
     """Threads in each child of the hybrid runner."""
     start_method: Literal["spawn", "forkserver"] = "spawn"
     """How child processes are started; never set globally for the process."""
+    max_concurrency: int = Field(default=1000, ge=1)
+    """Coroutines the async runner keeps running at once on its event loop."""
 
 
 class RunqySettings(BaseSettings):
@@ -102,10 +104,26 @@ class RunqySettings(BaseSettings):
     """Recycle a child process after this many tasks (process and hybrid runners)."""
     max_memory_per_child_mb: int | None = Field(default=None, ge=1)
     """Recycle a child whose memory (with its descendants) exceeds this (process and hybrid runners)."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Calls of the handler take lists of up to this many payloads; ``@task(batch_size=...)`` wins."""
+    batch_max_wait_ms: float | None = Field(default=None, ge=0)
+    """How long a batch short of batch_size may wait for more tasks (default 0); ``@task(max_wait_ms=...)`` wins."""
     max_abandoned_threads: int = Field(default=16, ge=0)
     """Timed-out threads left running before a warning (thread) or a recycle (hybrid)."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of runqy's own log lines on stderr."""
+    log_format: Literal["text", "json"] = "text"
+    """runqy's stderr: ``text`` lines, or ``json``, one object per line for log pipelines."""
+    log_every_task: bool = False
+    """A log line for every task, not only for those that failed, were retried, timed out or ran slow."""
+    slow_task_s: float | None = Field(default=None, gt=0)
+    """A task that ran at least this long gets a log line; None for no such lines."""
+    stats_interval_s: float | None = Field(default=None, gt=0)
+    """Log a stats line this often; None (the default) for none."""
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve Prometheus metrics on ``/metrics`` at this port (0: any free one; needs ``runqy[metrics]``)."""
+    metrics_address: str = "0.0.0.0"
+    """The address the metrics endpoint listens on."""
     runner: RunnerOptions = RunnerOptions()
     """Options of the runner itself: the ``[tool.runqy.runner]`` table."""
 

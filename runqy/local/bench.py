@@ -26,14 +26,16 @@ __all__ = ["BenchResult", "available_runners", "format_table", "measure", "recom
 #: A runner must beat a lighter one by this much to be worth its cost (processes, memory).
 _WORTH_IT: Final = 1.1
 #: Lighter first: on a tie, the recommendation prefers the simpler runner.
-_WEIGHT_ORDER: Final = ("sequential", "thread", "process", "hybrid")
+#: The async runner is lighter than a thread pool: one loop thread, however many tasks are in flight.
+_WEIGHT_ORDER: Final = ("sequential", "async", "thread", "process", "hybrid")
 _WHY: Final = {
+    "async": "the handler is async def and waits: one event loop keeps every request in flight, with no thread each",
     "thread": "the handler waits (I/O, sleep, or code that releases the GIL), and threads overlap the waiting",
     "process": "the handler holds the GIL, and only separate processes run it on several cores",
     "hybrid": "the handler both computes and waits: processes for the cores, threads in each for the waiting",
 }
-# The worker logs ``ready: <SomeRunner capacity=N>``: how many tasks it runs at once.
-_CAPACITY = re.compile(r"ready: <\w+ capacity=(\d+)>")
+# The worker logs ``ready: <SomeRunner capacity=N ...>``: how many tasks it runs at once.
+_CAPACITY = re.compile(r"ready: <\w+ capacity=(\d+)\b")
 
 
 @dataclass

@@ -29,15 +29,18 @@ import pickle
 import signal
 import sys
 import threading
-import traceback
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Final
 
 from runqy.app import BoundHandler, Registry
-from runqy.attempts import RetryPolicy
+from runqy.attempts import RetryPolicy, outcome_of
+from runqy.batching import BatchSpec
 from runqy.errors import HandlerNotRegistered, LoadFailed
+from runqy.observe.logs import LogFormat, configure_logging
+from runqy.observe.telemetry import FAILED
 from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse
 
 __all__ = ["CHILD_ENV_VAR", "ChildSpec", "HandlerRef", "child_main"]
@@ -51,10 +54,13 @@ CHILD_ENV_VAR: Final = "RUNQY_CHILD_PROCESS"
 # Parent -> child.
 TASK: Final = 0  # (TASK, seq, attempt, request fields)
 STOP: Final = 1  # (STOP,): exit once idle
+BATCH: Final = 2  # (BATCH, [(seq, attempt, request fields), ...]): one call of a batch handler
 # Child -> parent.
 READY: Final = 0  # (READY, pid)
 LOAD_FAILED: Final = 1  # (LOAD_FAILED, message)
-DONE: Final = 2  # (DONE, seq, attempt, task_id, result, error, retry, rss_bytes or 0, abandoned threads)
+#: (DONE, seq, attempt, task_id, result, error, retry, rss_bytes or 0, abandoned threads, outcome, duration_s, thread):
+#: the outcome and duration travel with the answer, so that the parent counts every task.
+DONE: Final = 2
 RETIRE: Final = 3  # (RETIRE, reason): recycle me once my tasks are done
 
 #: A pickled result this big cannot become a response line under MAX_LINE_BYTES (JSON of
@@ -120,6 +126,9 @@ class ChildSpec:
     #: Send the child's RSS with every answer, for the between-task memory check.
     report_rss: bool = False
     log_level: int = logging.INFO
+    log_format: LogFormat = "text"
+    #: The handler takes lists of payloads; the parent forms the batches.
+    batch: BatchSpec | None = None
 
     @classmethod
     def for_registry(cls, registry: Registry, **options: Any) -> ChildSpec:
@@ -134,25 +143,29 @@ class ChildSpec:
                     f"{ref.module}.{ref.qualname} cannot be found by child processes: they import the worker "
                     "module by name, so @task and @load functions must be defined at the top level of a file"
                 )
-        return cls(handler, loader, **options)
+        return cls(handler, loader, batch=registry.batch_spec(), **options)
 
 
 def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> None:
     """Entry point of a child process; never returns (exits with ``os._exit``)."""
     os.environ[CHILD_ENV_VAR] = "1"
     _isolate()
-    _configure_logging(spec.log_level)
     _die_with_parent()
     sender = _Sender(conn, spec.report_rss)
     try:
         registry = Registry()
-        registry.task(spec.handler.resolve())
+        # max_wait 0 inside the child: the parent already waited for the batch it sent.
+        batch_size = spec.batch.size if spec.batch is not None else None
+        registry.task(batch_size=batch_size)(spec.handler.resolve())
         if spec.loader is not None:
             registry.load(spec.loader.resolve())
+        # After importing the worker's module, whose own logging setup wins, as in the parent.
+        configure_logging(spec.log_level, spec.log_format, prefix=f"runqy[child {os.getpid()}]")
         handler = registry.bind()
         handler.retry_exceptions = spec.policy.retry_exceptions
-    except Exception as exc:  # noqa: BLE001 - any load failure must reach the parent, which fails start-up
-        traceback.print_exc()
+    except Exception as exc:  # any load failure must reach the parent, which fails start-up
+        configure_logging(spec.log_level, spec.log_format, prefix=f"runqy[child {os.getpid()}]")
+        log.exception("the worker cannot be loaded in child process %d", os.getpid())
         sender.send((LOAD_FAILED, f"{exc} (in child process {os.getpid()})"))
         _exit(1)
     host: _Host = _InlineHost(handler, sender) if spec.threads == 0 else _ThreadHost(handler, sender, spec)
@@ -164,6 +177,9 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
             _exit(0)  # the parent is gone or closed our pipe: nobody is left to answer
         if message[0] == STOP:
             _exit(0)
+        if message[0] == BATCH:
+            host.run_batch([(seq, attempt, TaskRequest(*fields)) for seq, attempt, fields in message[1]])
+            continue
         _, seq, attempt, fields = message
         host.run(seq, attempt, TaskRequest(*fields))
 
@@ -207,15 +223,6 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="runqy-parent-watch", daemon=True).start()
 
 
-def _configure_logging(level: int) -> None:
-    if log.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"runqy[child {os.getpid()}] %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(level)
-
-
 def _exit(code: int) -> None:
     # os._exit: interpreter shutdown would wait for abandoned attempt threads forever.
     for stream in (sys.stdout, sys.stderr):
@@ -240,9 +247,10 @@ class _Sender:
             except OSError:
                 _exit(0)  # the parent is gone
 
-    def done(self, seq: int, attempt: int, response: TaskResponse, abandoned: int = 0) -> None:
+    def done(self, seq: int, attempt: int, response: TaskResponse, duration_s: float, abandoned: int = 0) -> None:
         task_id, result, error, retry = response
-        message = (DONE, seq, attempt, task_id, result, error, retry, self._rss(), abandoned)
+        observed = (outcome_of(response), duration_s, threading.current_thread().name)
+        message = (DONE, seq, attempt, task_id, result, error, retry, self._rss(), abandoned, *observed)
         try:
             data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the task still gets one answer
@@ -259,7 +267,9 @@ class _Sender:
 
 
 def _failure(seq: int, attempt: int, task_id: str, error: str) -> bytes:
-    return pickle.dumps((DONE, seq, attempt, task_id, None, error, False, 0, 0), pickle.HIGHEST_PROTOCOL)
+    thread = threading.current_thread().name
+    message = (DONE, seq, attempt, task_id, None, error, False, 0, 0, FAILED, None, thread)
+    return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
 
 
 def _no_rss() -> int:
@@ -279,6 +289,9 @@ class _Host:
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
         raise NotImplementedError
 
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        raise NotImplementedError
+
 
 class _InlineHost(_Host):
     """One task at a time in the main thread: no hand-off, and the handler may use signals."""
@@ -288,7 +301,17 @@ class _InlineHost(_Host):
         self._sender = sender
 
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
-        self._sender.done(seq, attempt, self._handler.execute_blocking(request, attempt))
+        started = time.perf_counter()
+        response = self._handler.execute_blocking(request, attempt)
+        self._sender.done(seq, attempt, response, time.perf_counter() - started)
+
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        started = time.perf_counter()
+        responses = self._handler.execute_batch_blocking([(request, attempt) for _, attempt, request in tasks])
+        duration_s = time.perf_counter() - started
+        # One answer per task: a result that cannot be sent fails only its own task.
+        for (seq, attempt, _), response in zip(tasks, responses, strict=True):
+            self._sender.done(seq, attempt, response, duration_s)
 
 
 class _ThreadHost(_Host):
@@ -305,9 +328,19 @@ class _ThreadHost(_Host):
         self._retiring = False
 
     def run(self, seq: int, attempt: int, request: TaskRequest) -> None:
-        self._pool.submit(request, functools.partial(self._answer, seq, attempt), attempt)
+        self._pool.submit(request, functools.partial(self._answer, seq, attempt, time.perf_counter()), attempt)
 
-    def _answer(self, seq: int, attempt: int, response: TaskResponse) -> None:
+    def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+        # Queued together: a free thread of the pool takes them as one call.
+        started = time.perf_counter()
+        self._pool.submit_attempts(
+            [
+                (request, functools.partial(self._answer, seq, attempt, started), attempt)
+                for seq, attempt, request in tasks
+            ]
+        )
+
+    def _answer(self, seq: int, attempt: int, started: float, response: TaskResponse) -> None:
         abandoned = self._pool.engine.abandoned
         # The request to be recycled goes first: the parent then gives this child no new
         # task from the moment it learns of this answer.
@@ -316,7 +349,7 @@ class _ThreadHost(_Host):
             self._retiring = True
             reason = f"{abandoned} timed-out threads still running (max_abandoned_threads={self._max_abandoned})"
             self._sender.send((RETIRE, reason))
-        self._sender.done(seq, attempt, response, abandoned)
+        self._sender.done(seq, attempt, response, time.perf_counter() - started, abandoned)
 
 
 def _has_path(module: ModuleType, qualname: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Final
 import psutil
 
 from runqy.protocol import TaskRequest
-from runqy.runners._child import CHILD_ENV_VAR, STOP, TASK, ChildSpec, child_main
+from runqy.runners._child import BATCH, CHILD_ENV_VAR, STOP, TASK, ChildSpec, child_main
 from runqy.runners.base import Reply
 
 __all__ = ["ChildProcess", "ChildState", "Job", "tree_rss_bytes", "watch_memory"]
@@ -55,7 +55,17 @@ class Job:
     seq: int = 0
     #: When the running attempt is given up (monotonic seconds), or None.
     deadline: float | None = None
+    #: When the running attempt was sent to its child (monotonic seconds).
+    started: float = 0.0
     done: bool = field(default=False)
+    #: When it was submitted (monotonic seconds); set for batch handlers, whose short batches wait from then.
+    arrived: float = 0.0
+    #: The batch call it was sent in (the seq of the call's first task); 0 when not batching.
+    batch: int = 0
+    #: Non-zero while it belongs to a half of a crashed batch: that half runs alone, as one call.
+    pin: int = 0
+    #: It was in a batch whose child crashed: if it crashes a child alone, it is the poison.
+    suspect: bool = False
 
 
 class ChildProcess:
@@ -88,6 +98,8 @@ class ChildProcess:
         self.memory_suspects: set[int] = set()
         #: Why we stopped or killed it; None while its exit would be a crash.
         self.stop_reason: str | None = None
+        #: Why it is replaced, as a metric label (timeout, memory, max_tasks, abandoned_threads); None when not.
+        self.stop_cause: str | None = None
         #: When to SIGKILL the group if the child has not exited by then.
         self.kill_at: float | None = None
         self.started_at = time.monotonic()
@@ -104,6 +116,20 @@ class ChildProcess:
     def send_task(self, job: Job) -> bool:
         """Send one attempt of a job; False when the pipe is broken (the child is dying)."""
         return self._send((TASK, job.seq, job.attempt, tuple(job.request)))
+
+    def send_batch(self, jobs: list[Job]) -> bool:
+        """Send one call of a batch handler: every job's attempt in one message; False when the pipe is broken."""
+        return self._send((BATCH, [(job.seq, job.attempt, tuple(job.request)) for job in jobs]))
+
+    @property
+    def batches(self) -> int:
+        """Batch calls running in the child (its jobs grouped by the call they were sent in)."""
+        return len({job.batch for job in self.inflight.values()})
+
+    @property
+    def isolated(self) -> bool:
+        """It runs a half of a crashed batch, which must run alone to show whether it kills the child."""
+        return any(job.pin for job in self.inflight.values())
 
     def stop(self, reason: str) -> None:
         """Ask an idle child to exit, and SIGKILL its group if it has not after a grace period."""

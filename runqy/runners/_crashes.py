@@ -40,6 +40,11 @@ class CrashLedger:
         """True once the task brought down POISON_CRASHES children: it is not run again."""
         return self._by_task.get(task_id, 0) >= POISON_CRASHES
 
+    def mark_poison(self, task_id: str) -> None:
+        """The task was shown to bring down children (alone, after its batch crashed one): it is not run again."""
+        self._by_task.pop(task_id, None)
+        self._by_task[task_id] = POISON_CRASHES
+
     def forget(self, task_id: str) -> None:
         """The task succeeded: whatever killed children before was not the task."""
         self._by_task.pop(task_id, None)

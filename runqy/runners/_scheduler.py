@@ -18,10 +18,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 from runqy.attempts import RetryPolicy
+from runqy.batching import BatchSpec
 from runqy.errors import RunnerBroken, RunnerClosed, TaskTimeout, WorkerCrashed
+from runqy.observe.telemetry import CRASHED, GAVE_UP, TIMED_OUT, TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE
 from runqy.runners._children import ChildProcess, ChildState, Job
@@ -58,13 +61,16 @@ class Limits:
     max_memory_per_child_mb: int | None
     crash_limit: int
     crash_window_s: float
+    #: How calls of a batch handler are filled; None for one task per call.
+    batch: BatchSpec | None = None
 
 
 class Scheduler:
     """The tasks of one process runner, and the children's share of them."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, observer: TaskObserver | None = None) -> None:
         self.limits = limits
+        self.observer = observer or TaskObserver()
         self.policy = limits.policy
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -101,12 +107,14 @@ class Scheduler:
         with self.lock:
             if self.state is not State.RUNNING:
                 raise RunnerClosed(f"{len(tasks)} task(s) submitted while the process runner is {self.state.value}")
+            arrived = time.monotonic() if self.limits.batch is not None else 0.0
             for request, reply in tasks:
                 refusal = self._refusal_locked(request)
                 if refusal is None:
-                    self._pending.append(Job(request, reply))
+                    self._pending.append(Job(request, reply, arrived=arrived))
                 else:
-                    refused.append((reply, refusal))
+                    outcome = GAVE_UP if refusal.retry else CRASHED
+                    self._finish_locked(Job(request, reply), refusal, refused, outcome)
             self._dispatch_locked()
         for reply, response in refused:
             reply(response)
@@ -145,7 +153,7 @@ class Scheduler:
         self._deferred.clear()
         for job in jobs:
             why = "the worker shut down before the task finished; retry it"
-            self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies)
+            self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies, GAVE_UP)
         return replies
 
     # --- events from the supervisor thread (SupervisedEvents) --------------------------------
@@ -158,7 +166,7 @@ class Scheduler:
     def on_message_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
         tag = message[0]
         if tag == DONE:
-            _, seq, attempt, task_id, result, error, retry, rss, child.abandoned = message
+            _, seq, attempt, task_id, result, error, retry, rss, child.abandoned, outcome, duration_s, thread = message
             job = child.inflight.pop(seq, None)
             if job is None or job.attempt != attempt:
                 log.debug("dropping a late answer for task %s attempt %d from child %d", task_id, attempt, child.pid)
@@ -167,7 +175,8 @@ class Scheduler:
             self._crashes.made_progress()
             if error is None:
                 self._crashes.forget(task_id)
-            self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies)
+            where = (outcome, duration_s, thread, child.pid)
+            self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies, where)
             self._after_task_locked(child, rss)
         elif tag == READY:
             if child.state is ChildState.STARTING:
@@ -181,20 +190,22 @@ class Scheduler:
             else:
                 log.error("a replacement child process failed to load: %s", message[1])
         elif tag == RETIRE:
-            self._retire_locked(child, str(message[1]))
+            self._retire_locked(child, str(message[1]), "abandoned_threads")
 
     def on_exit_locked(self, child: ChildProcess, exitcode: int | None, replies: Replies) -> None:
         jobs = list(child.inflight.values())
         child.inflight.clear()
         crash = WorkerCrashed(exitcode, f"pid {child.pid}")
+        cause = "crashed" if child.stop_reason is None else child.stop_cause
+        if cause is not None and self.state in (State.RUNNING, State.DRAINING):
+            self.observer.child_restarted(cause)
         if child.stop_reason is None:
             if self.state is State.STARTING and child.state is ChildState.STARTING:
                 self.on_child_failed_locked(f"{crash} before it was ready (its traceback is on stderr)")
             else:
                 log.error("%s%s", crash, f" while running {len(jobs)} task(s)" if jobs else "")
                 self.on_child_failed_locked(str(crash))
-        for job in jobs:
-            self._crashed_locked(job, str(crash), replies)
+        self._all_crashed_locked(jobs, str(crash), replies, child.pid)
 
     def on_child_failed_locked(self, what: str) -> None:
         """Count an unexpected child exit; too many in a short window break the runner."""
@@ -212,12 +223,17 @@ class Scheduler:
         # Answered on the next tick: this may run where no reply list is at hand.
         for job in [*self._pending, *(job for _, _, job in self._retries)]:
             failure = TaskResponse.failure(job.request.task_id, str(self._broken), retry=True)
-            self._finish_locked(job, failure, self._deferred)
+            self._finish_locked(job, failure, self._deferred, GAVE_UP)
         self._pending.clear()
         self._retries.clear()
 
     def next_due_locked(self) -> float:
         due = self._retries[0][0] if self._retries else math.inf
+        spec = self.limits.batch
+        if spec is not None and self._pending and not self._pending[0].pin:
+            batch_due = spec.due(self._pending[0].arrived)
+            if batch_due > time.monotonic():  # past due, it waits for a free child, whose answer wakes us
+                due = min(due, batch_due)
         for child in self.children:
             for job in child.inflight.values():
                 if job.deadline is not None and job.deadline < due:
@@ -228,7 +244,7 @@ class Scheduler:
         for child in list(self.children):
             overdue = [job for job in child.inflight.values() if job.deadline is not None and now >= job.deadline]
             if overdue:
-                self._timed_out_locked(child, overdue[0], replies)
+                self._timed_out_locked(child, overdue, replies)
         while self._retries and self._retries[0][0] <= now:
             self._pending.append(heapq.heappop(self._retries)[2])
         self._dispatch_locked()
@@ -244,70 +260,124 @@ class Scheduler:
             if not child.inflight:
                 child.stop(child.stop_reason or "recycled")
         elif self.limits.max_tasks_per_child is not None and child.tasks_done >= self.limits.max_tasks_per_child:
-            self._retire_locked(
-                child, f"it ran {child.tasks_done} tasks (max_tasks_per_child={self.limits.max_tasks_per_child})"
-            )
+            why = f"it ran {child.tasks_done} tasks (max_tasks_per_child={self.limits.max_tasks_per_child})"
+            self._retire_locked(child, why, "max_tasks")
         elif (limit_mb := self.limits.max_memory_per_child_mb) is not None and rss > limit_mb * _MIB:
-            self._retire_locked(
-                child, f"it uses {rss / _MIB:.0f} MiB after a task (max_memory_per_child_mb={limit_mb})"
-            )
+            why = f"it uses {rss / _MIB:.0f} MiB after a task (max_memory_per_child_mb={limit_mb})"
+            self._retire_locked(child, why, "memory")
 
-    def _retire_locked(self, child: ChildProcess, reason: str) -> None:
+    def _retire_locked(self, child: ChildProcess, reason: str, cause: str) -> None:
         """Recycle a child: no new tasks, stopped once its running ones are answered; replaced at once."""
         if child.state in (ChildState.RETIRING, ChildState.DOOMED):
             return
         log.info("recycling child process %d: %s", child.pid, reason)
         child.stop_reason = reason
+        child.stop_cause = cause
         if child.inflight:
             child.state = ChildState.RETIRING
         else:
             child.stop(reason)
 
-    def _timed_out_locked(self, child: ChildProcess, job: Job, replies: Replies) -> None:
-        timeout = TaskTimeout(self.policy.task_timeout_s or 0.0, job.attempt)
-        task_id = job.request.task_id
-        log.warning("task %s: %s; killing child process %d and its process group", task_id, timeout, child.pid)
-        del child.inflight[job.seq]
+    def _timed_out_locked(self, child: ChildProcess, overdue: list[Job], replies: Replies) -> None:
+        # Several overdue at once: the tasks of one batch call, which share its deadline.
+        task_id = overdue[0].request.task_id
+        log.warning(
+            "task %s: %s; killing child process %d and its process group",
+            task_id,
+            TaskTimeout(self.policy.task_timeout_s or 0.0, overdue[0].attempt),
+            child.pid,
+        )
+        for job in overdue:
+            del child.inflight[job.seq]
         others = list(child.inflight.values())
         child.inflight.clear()
         child.kill(f"task {task_id} timed out")
-        self._retry_or_finish_locked(job, TaskResponse.failure(task_id, str(timeout), retry=True), replies)
+        child.stop_cause = "timeout"
+        for job in overdue:
+            timeout = TaskTimeout(self.policy.task_timeout_s or 0.0, job.attempt)
+            response = TaskResponse.failure(job.request.task_id, str(timeout), retry=True)
+            where = (TIMED_OUT, time.monotonic() - job.started, "-", child.pid)
+            self._retry_or_finish_locked(job, response, replies, where)
         for other in others:
             why = f"worker process {child.pid} was killed because another task in it timed out"
-            self._retry_or_finish_locked(other, TaskResponse.failure(other.request.task_id, why, retry=True), replies)
+            failure = TaskResponse.failure(other.request.task_id, why, retry=True)
+            self._retry_or_finish_locked(other, failure, replies, (CRASHED, None, "-", child.pid))
 
-    def _crashed_locked(self, job: Job, why: str, replies: Replies) -> None:
+    def _all_crashed_locked(self, jobs: list[Job], why: str, replies: Replies, pid: int) -> None:
+        """The tasks a child was running when it died: each on its own, or, for batches, bisected.
+
+        No task of a crashed batch is blamed for it: the batch is split in halves, each
+        run alone as one call on a child with nothing else, until the task that kills
+        its child crashes one alone: that one is the poison; the others are answered
+        with their results.
+        """
+        if self.limits.batch is None or (len(jobs) == 1 and not jobs[0].suspect):
+            for job in jobs:
+                self._crashed_locked(job, why, replies, pid)
+        elif len(jobs) == 1:
+            job = jobs[0]
+            self._crashes.mark_poison(job.request.task_id)
+            poison = f"{why}; this task brought down a worker process alone after its batch crashed one: not retried"
+            failure = TaskResponse.failure(job.request.task_id, poison)
+            self._finish_locked(job, failure, replies, CRASHED, time.monotonic() - job.started, "-", pid)
+        elif jobs:
+            log.warning("a batch of %d task(s) crashed its child; running it in halves to find the cause", len(jobs))
+            half = len(jobs) // 2
+            for group in (jobs[:half], jobs[half:]):
+                pin = next(self._seq)
+                for job in group:
+                    job.pin, job.suspect, job.deadline = pin, True, None
+            self._pending.extendleft(reversed(jobs))  # first: they have waited longest
+
+    def _crashed_locked(self, job: Job, why: str, replies: Replies, pid: int) -> None:
         task_id = job.request.task_id
         crashes = self._crashes.task_crashed(task_id)
+        where = (CRASHED, time.monotonic() - job.started, "-", pid)
         if self._crashes.is_poison(task_id):
             poison = f"{why}; this task has now brought down {crashes} worker processes, so it is not retried"
-            self._finish_locked(job, TaskResponse.failure(task_id, poison, retry=False), replies)
+            self._finish_locked(job, TaskResponse.failure(task_id, poison, retry=False), replies, *where)
         else:
-            self._retry_or_finish_locked(job, TaskResponse.failure(task_id, why, retry=True), replies)
+            self._retry_or_finish_locked(job, TaskResponse.failure(task_id, why, retry=True), replies, where)
 
-    def _retry_or_finish_locked(self, job: Job, response: TaskResponse, replies: Replies) -> None:
+    def _retry_or_finish_locked(
+        self, job: Job, response: TaskResponse, replies: Replies, where: tuple[str, float | None, str, int]
+    ) -> None:
+        """Retry the job here or answer it; ``where`` is how its attempt ended: (outcome, duration_s, thread, pid)."""
         if not response.retry or job.attempt > self.policy.max_retries or self.state is State.CLOSED:
-            self._finish_locked(job, response, replies)
+            self._finish_locked(job, response, replies, *where)
             return
         if self._broken is not None:
-            self._finish_locked(job, TaskResponse.failure(job.request.task_id, str(self._broken), retry=True), replies)
+            failure = TaskResponse.failure(job.request.task_id, str(self._broken), retry=True)
+            self._finish_locked(job, failure, replies, GAVE_UP)
             return
-        task_id = job.request.task_id
-        log.info("task %s: attempt %d failed, retrying: %s", task_id, job.attempt, _last_line(response.error))
+        self.observer.retried(job.request, job.attempt, *where, response.error)
         delay_s = self.policy.backoff_s(job.attempt)
         job.attempt += 1
         job.deadline = None
+        job.pin = 0  # a retry joins later batches like any task
         if delay_s > 0:
             heapq.heappush(self._retries, (time.monotonic() + delay_s, next(self._seq), job))
             self._wake_if_sooner(self._retries[0][0])
         else:
             self._pending.append(job)
 
-    def _finish_locked(self, job: Job, response: TaskResponse, replies: Replies) -> None:
+    def _finish_locked(
+        self,
+        job: Job,
+        response: TaskResponse,
+        replies: Replies,
+        outcome: str,
+        duration_s: float | None = None,
+        thread: str = "-",
+        pid: int | None = None,
+    ) -> None:
         if job.done:
             return
         job.done = True
-        replies.append((job.reply, response))
+        # Observed by whoever sends the reply, after the lock is released: counting and
+        # logging stay off the lock every child's answer needs.
+        observed = (job.request, job.attempt, outcome, duration_s, thread, pid, response.error)
+        replies.append((partial(_observe_then_reply, self.observer.finished, observed, job.reply), response))
         self.changed.notify_all()
 
     def _refusal_locked(self, request: TaskRequest) -> TaskResponse | None:
@@ -319,6 +389,9 @@ class Scheduler:
         return None
 
     def _dispatch_locked(self) -> None:
+        if self.limits.batch is not None:
+            self._dispatch_batches_locked(self.limits.batch)
+            return
         slots = self.limits.slots_per_child
         while self._pending:
             best: ChildProcess | None = None
@@ -330,7 +403,8 @@ class Scheduler:
                 return
             job = self._pending.popleft()
             job.seq = next(self._seq)
-            job.deadline = self.limits.attempt_deadline(time.monotonic())
+            job.started = time.monotonic()
+            job.deadline = self.limits.attempt_deadline(job.started)
             best.inflight[job.seq] = job
             if not best.send_task(job):
                 # Its pipe is closed: the child is dying, and the supervisor will see its exit.
@@ -339,6 +413,50 @@ class Scheduler:
                 self._pending.appendleft(job)
             elif job.deadline is not None:
                 self._wake_if_sooner(job.deadline)
+
+    def _dispatch_batches_locked(self, spec: BatchSpec) -> None:
+        """Send batch calls to free children: a free child is one running fewer calls than its slots."""
+        while self._pending:
+            head = self._pending[0]
+            child = self._free_child_locked(isolated=bool(head.pin))
+            if child is None:
+                return
+            if head.pin:  # a half of a crashed batch: exactly that half, as one call
+                size = next((i for i, job in enumerate(self._pending) if job.pin != head.pin), len(self._pending))
+            else:
+                waiting = next(
+                    (i for i, job in enumerate(itertools.islice(self._pending, spec.size)) if job.pin),
+                    min(spec.size, len(self._pending)),
+                )
+                size = spec.take_now(waiting, head.arrived, time.monotonic())
+                if size == 0:
+                    self._wake_if_sooner(spec.due(head.arrived))
+                    return
+            jobs = [self._pending.popleft() for _ in range(size)]
+            deadline = self.limits.attempt_deadline(time.monotonic())
+            for job in jobs:
+                job.seq = next(self._seq)
+                job.batch = jobs[0].seq
+                job.deadline = deadline
+                child.inflight[job.seq] = job
+            if not child.send_batch(jobs):
+                for job in jobs:  # its pipe is closed: the child is dying, and the supervisor will see its exit
+                    del child.inflight[job.seq]
+                child.state = ChildState.DOOMED
+                self._pending.extendleft(reversed(jobs))
+            elif deadline is not None:
+                self._wake_if_sooner(deadline)
+
+    def _free_child_locked(self, *, isolated: bool) -> ChildProcess | None:
+        """The least busy ready child that can take a call; with ``isolated``, only one running nothing."""
+        best: ChildProcess | None = None
+        for child in self.children:
+            if child.state is not ChildState.READY or child.isolated:
+                continue
+            load = child.batches
+            if load < (1 if isolated else self.limits.slots_per_child) and (best is None or load < best.batches):
+                best = child
+        return best
 
     def _wake_if_sooner(self, due: float) -> None:
         if self.supervisor is not None and due < self.supervisor.wake_at:
@@ -368,7 +486,7 @@ class Scheduler:
             running = set(child.inflight)
             suspects, child.memory_suspects = child.memory_suspects, running
             if not child.inflight:
-                self._retire_locked(child, what)
+                self._retire_locked(child, what, "memory")
             elif not running & suspects:
                 return  # the first sighting: look again on the next check
             else:
@@ -376,14 +494,18 @@ class Scheduler:
                 jobs = list(child.inflight.values())
                 child.inflight.clear()
                 child.kill(what)
-                for job in jobs:
-                    self._crashed_locked(job, f"task stopped: {what}", replies)
+                child.stop_cause = "memory"
+                self._all_crashed_locked(jobs, f"task stopped: {what}", replies, child.pid)
         for reply, response in replies:
             reply(response)
         if self.supervisor is not None:
             self.supervisor.wake()
 
 
-def _last_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[-1] if lines else ""
+def _observe_then_reply(
+    observe: Callable[..., None], observed: tuple[Any, ...], reply: Reply, response: TaskResponse
+) -> None:
+    try:
+        observe(*observed)
+    finally:
+        reply(response)

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, ClassVar
 
 from runqy.app import Registry
+from runqy.observe.telemetry import TaskObserver, Telemetry
 from runqy.protocol import TaskRequest, TaskResponse
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class Runner(ABC):
     def __init__(self) -> None:
         #: Called when the runner can no longer run tasks; the serving loop then exits non-zero.
         self.on_fatal: Callable[[BaseException], None] = _log_fatal
+        #: Told what becomes of every task (set before :meth:`start`); counts and logs problems by default.
+        self.telemetry: TaskObserver = Telemetry()
 
     @classmethod
     @abstractmethod
@@ -97,6 +100,10 @@ class Runner(ABC):
     def abandoned_attempts(self) -> int:
         """Timed-out attempts still running in threads that could not be stopped."""
         return 0
+
+    def child_memory(self) -> dict[int, int]:
+        """Resident memory (bytes, with descendants) of each child process by pid; none for in-process runners."""
+        return {}
 
     def run_task(self, request: TaskRequest) -> TaskResponse:
         """Run one task and wait for its response."""

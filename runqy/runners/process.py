@@ -44,10 +44,12 @@ import psutil
 
 from runqy.app import Registry
 from runqy.attempts import RetryPolicy
+from runqy.batching import BatchSpec
 from runqy.errors import LoadFailed, RunnerClosed
+from runqy.observe.logs import configured_format
 from runqy.protocol import TaskRequest
 from runqy.runners._child import ChildSpec
-from runqy.runners._children import KILL_GRACE_S, ChildState, watch_memory
+from runqy.runners._children import KILL_GRACE_S, ChildState, tree_rss_bytes, watch_memory
 from runqy.runners._scheduler import Limits, Scheduler
 from runqy.runners._supervisor import ChildSupervisor
 from runqy.runners.base import Capabilities, Reply, Runner
@@ -107,6 +109,7 @@ class PersistentProcessRunner(Runner):
         self._supervisor: ChildSupervisor | None = None
         self._monitor: threading.Thread | None = None
         self._closing = threading.Event()
+        self._batch: BatchSpec | None = None
 
     @classmethod
     def from_settings(cls, settings: RunqySettings) -> Self:
@@ -151,12 +154,14 @@ class PersistentProcessRunner(Runner):
             policy=self.policy,
             report_rss=self.max_memory_per_child_mb is not None,
             log_level=log.getEffectiveLevel(),
+            log_format=configured_format(),
         )
         if self.start_method == "forkserver":
             # Children fork from a server that already imported runqy and the worker module.
             preload = ["runqy.runners._child"] + [ref.module for ref in (spec.handler,) if ref.module != "__main__"]
             self._ctx.set_forkserver_preload(preload)
-        scheduler = self._scheduler = Scheduler(self._limits())
+        self._batch = registry.batch_spec()
+        scheduler = self._scheduler = Scheduler(self._limits(), self.telemetry)
         self._supervisor = ChildSupervisor(self._ctx, spec, scheduler.lock, scheduler, lambda exc: self.on_fatal(exc))
         scheduler.attach(self._supervisor)
         self._supervisor.start()
@@ -212,6 +217,10 @@ class PersistentProcessRunner(Runner):
         with self._scheduler.lock:
             return [c.pid for c in self._scheduler.children if c.state is not ChildState.DOOMED]
 
+    def child_memory(self) -> dict[int, int]:
+        """Resident memory of each live child with its subprocesses, by pid (read now: milliseconds per child)."""
+        return {pid: tree_rss_bytes(pid) for pid in self.child_pids}
+
     def _limits(self) -> Limits:
         return Limits(
             policy=self.policy,
@@ -222,4 +231,5 @@ class PersistentProcessRunner(Runner):
             max_memory_per_child_mb=self.max_memory_per_child_mb,
             crash_limit=self.crash_limit,
             crash_window_s=self.crash_window_s,
+            batch=self._batch,
         )

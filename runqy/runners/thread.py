@@ -18,13 +18,17 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from runqy.app import BoundHandler, Registry
 from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
+from runqy.batch_attempts import BatchAttemptEngine, BatchItem
+from runqy.batching import gather
 from runqy.errors import RunnerClosed
+from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners.base import Capabilities, Reply, Runner
 
@@ -55,13 +59,23 @@ class ThreadPool:
     """
 
     def __init__(
-        self, handler: BoundHandler, policy: RetryPolicy, max_threads: int, name: str = "runqy-thread"
+        self,
+        handler: BoundHandler,
+        policy: RetryPolicy,
+        max_threads: int,
+        name: str = "runqy-thread",
+        observer: TaskObserver | None = None,
     ) -> None:
         self.max_threads = max_threads
-        self.engine = AttemptEngine(handler, policy, on_abandon=self._replace)
+        self._batch = handler.batch
+        engine_class = AttemptEngine if self._batch is None else BatchAttemptEngine
+        self.engine = engine_class(handler, policy, on_abandon=self._replace, observer=observer)
         self._name = name
-        # (request, reply, number of its first attempt here); None stops the threads.
-        self._work: queue.SimpleQueue[tuple[TaskRequest, Reply, int] | None] = queue.SimpleQueue()
+        # (request, reply, number of its first attempt here, when it was queued); None stops the threads.
+        self._work: queue.SimpleQueue[tuple[TaskRequest, Reply, int, float] | None] = queue.SimpleQueue()
+        # Threads of a batch handler take and fill a batch one at a time, so that what is
+        # waiting goes into one full batch rather than being split between free threads.
+        self._take_lock = threading.Lock()
         # One token per thread that finished a task and went back to the queue; a
         # submit that takes one starts no thread. Bounded: once full, the pool stops growing.
         self._idle: collections.deque[None] = collections.deque(maxlen=max_threads)
@@ -87,10 +101,17 @@ class ThreadPool:
             if self._closed:
                 raise RunnerClosed(f"{len(tasks)} task(s) submitted after the runner was closed")
             put, threads, max_threads = self._work.put, self._threads, self.max_threads
+            arrived = time.monotonic()  # once per chunk: its tasks arrived together
             for request, reply in tasks:  # the serving loop's hot path: _queue() inlined
                 if len(threads) < max_threads:
                     self._maybe_grow()
-                put((request, reply, 1))
+                put((request, reply, 1, arrived))
+
+    def submit_attempts(self, items: list[BatchItem]) -> None:
+        """Queue tasks with the numbers of their first attempts here, with one lock acquisition."""
+        with self._lock:
+            for request, reply, attempt in items:
+                self._queue(request, reply, attempt)
 
     def _queue(self, request: TaskRequest, reply: Reply, attempt: int) -> None:
         # Called with the lock held, so that no task is queued behind the sentinel of close().
@@ -98,7 +119,7 @@ class ThreadPool:
             raise RunnerClosed(f"task {request.task_id} submitted after the runner was closed")
         if len(self._threads) < self.max_threads:
             self._maybe_grow()
-        self._work.put((request, reply, attempt))
+        self._work.put((request, reply, attempt, time.monotonic()))
 
     def _maybe_grow(self) -> None:
         try:
@@ -128,10 +149,13 @@ class ThreadPool:
     def _serve(self, continuation: Continuation | None) -> None:
         if continuation is not None and not _guarded(continuation):
             return  # abandoned in turn, and replaced
+        if self._batch is not None:
+            self._serve_batches()
+            return
         run, get, idle = self.engine.run, self._work.get, self._idle.append
         threads, max_threads = self._threads, self.max_threads
         while (item := get()) is not None:
-            request, reply, attempt = item
+            request, reply, attempt, _ = item
             if len(threads) < max_threads:
                 # While the pool may still grow, the thread counts itself idle before it
                 # replies: the reply often brings the next task at once (the Go worker
@@ -142,11 +166,37 @@ class ThreadPool:
                     return  # abandoned: a fresh thread has taken this one's place
             except Exception:  # a broken reply callback must not cost the pool a thread, nor hang close()
                 log.exception("task %s: error while answering it", request.task_id)
+        self._stop_serving()
+
+    def _stop_serving(self) -> None:
         self._work.put(None)  # wake the next thread: every thread stops on the same sentinel
         with self._lock:
             self._threads.discard(threading.current_thread())
             if not self._threads:
                 self._all_stopped.notify_all()
+
+    def _serve_batches(self) -> None:
+        """The serving loop for a batch handler: take what waits (see :mod:`runqy.batching`), call, repeat."""
+        assert self._batch is not None and isinstance(self.engine, BatchAttemptEngine)
+        spec, engine, work = self._batch, self.engine, self._work
+
+        def take(timeout_s: float) -> tuple[TaskRequest, Reply, int, float] | None:
+            return work.get(timeout=timeout_s) if timeout_s else work.get_nowait()
+
+        while True:
+            with self._take_lock:
+                first = work.get()
+                if first is None:
+                    break
+                batch, stop = gather(spec, first, first[3], take)
+            items: list[BatchItem] = [(request, reply, attempt) for request, reply, attempt, _ in batch]
+            if not engine.run_batch(items):
+                return  # abandoned: a fresh thread has taken this one's place
+            if stop:
+                break
+            if len(self._threads) < self.max_threads:
+                self._idle.append(None)  # back to the queue: the next task need not start a thread
+        self._stop_serving()
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Finish the queued tasks, then stop the threads; False if that took longer than ``timeout_s``."""
@@ -205,7 +255,7 @@ class PooledRunner(Runner):
         if self._pool is not None:
             return
         self._handler = registry.bind()
-        self._pool = ThreadPool(self._handler, self.policy, self.max_threads, self.thread_name)
+        self._pool = ThreadPool(self._handler, self.policy, self.max_threads, self.thread_name, self.telemetry)
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
         self._started().submit(request, reply)
@@ -215,7 +265,7 @@ class PooledRunner(Runner):
 
     def inline_runner(self) -> Callable[[TaskRequest, Reply], object] | None:
         pool = self._pool
-        if pool is None or self.max_threads != 1 or not pool.engine.untimed:
+        if pool is None or self.max_threads != 1 or not pool.engine.untimed or pool.engine.handler.batch is not None:
             return None
         return pool.engine.run
 

@@ -1,0 +1,201 @@
+"""Dynamic batching: throughput on one simulated device and on the real embedding model, and low-load latency.
+
+    .venv/bin/python benchmarks/bench_batching.py [--rounds 3] [--skip-embed]
+
+Every figure comes from one run, with the compared cases alternated per round so that
+machine noise hits them alike; each prints the best round.
+
+1. One device: a handler holds one process-wide lock for 20 ms + 0.2 ms per item (a
+   single accelerator cannot run two calls at once). 64 in flight on the thread runner
+   (8 threads): ``batch_size=32`` against the same handler unbatched.
+2. The embedding example (needs the ``embed`` extra), 32 in flight: runqy's thread runner
+   with ``batch_size=32`` against the bare model called in a plain loop in batches of
+   32, and against the best unbatched runner (thread, sequential).
+3. One in flight, ``max_wait_ms=0``: p50 latency of a no-op batch handler against the
+   unbatched one, on the thread runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from runqy import Registry, Worker, load_settings
+
+DEVICE = threading.Lock()
+DEVICE_FIXED_S, DEVICE_PER_ITEM_S = 0.020, 0.0002
+
+
+def device_call(items: int) -> None:
+    with DEVICE:
+        time.sleep(DEVICE_FIXED_S + DEVICE_PER_ITEM_S * items)
+
+
+def device_registry(batch_size: int | None) -> Registry:
+    registry = Registry()
+    if batch_size is None:
+        registry.task(lambda payload: device_call(1))
+    else:
+        registry.task(batch_size=batch_size)(lambda payloads: [device_call(len(payloads))] * len(payloads))
+    return registry
+
+
+def tasks_per_s(registry: Registry, tasks: int, threads: int, in_flight: int) -> float:
+    with Worker(load_settings(runner_cls="thread", runner={"max_threads": threads}), registry) as worker:
+        worker.map(range(threads))  # warm up: threads started, @load done
+        started = time.perf_counter()
+        _map_window(worker, tasks, in_flight)
+        return tasks / (time.perf_counter() - started)
+
+
+def _map_window(worker: Worker, tasks: int, in_flight: int) -> None:
+    """Keep ``in_flight`` tasks outstanding, as the Go worker does, until ``tasks`` are answered."""
+    from runqy.protocol import TaskRequest
+
+    room = threading.Semaphore(in_flight)
+    done = threading.Semaphore(0)
+
+    def reply(_: object) -> None:
+        room.release()
+        done.release()
+
+    for n in range(tasks):
+        room.acquire()
+        worker.runner.submit(TaskRequest(f"t{n}", {"text": SENTENCES[n % len(SENTENCES)]}), reply)
+    for _ in range(tasks):
+        done.acquire()
+
+
+WORDS = [
+    "the",
+    "a",
+    "worker",
+    "queue",
+    "task",
+    "model",
+    "vector",
+    "search",
+    "text",
+    "batch",
+    "thread",
+    "result",
+    "embedding",
+    "sentence",
+]
+SENTENCES = [
+    " ".join(WORDS[(n * 7 + k) % len(WORDS)] for k in range(10 + n % 11)).capitalize() + "." for n in range(512)
+]
+
+
+def best(rounds: int, cases: dict[str, Callable[[], float]]) -> dict[str, float]:
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            results[name].append(case())
+    return {name: max(values) for name, values in results.items()}
+
+
+def device(rounds: int) -> None:
+    figures = best(
+        rounds,
+        {
+            "unbatched": lambda: tasks_per_s(device_registry(None), 200, 8, 64),
+            "batch_size=32": lambda: tasks_per_s(device_registry(32), 2000, 8, 64),
+        },
+    )
+    for name, value in figures.items():
+        print(f"device   {name:<22} {value:8.0f} tasks/s")
+    print(f"device   batched / unbatched     {figures['batch_size=32'] / figures['unbatched']:8.1f}x  (target >= 15)")
+
+
+def embed(rounds: int) -> None:
+    from runqy.examples import embed as example
+
+    model = example.Embedder()
+
+    def bare() -> float:
+        started = time.perf_counter()
+        for start in range(0, 512, 32):
+            model.embed(SENTENCES[start : start + 32])
+        return 512 / (time.perf_counter() - started)
+
+    def served(runner: dict[str, Any], batch_size: int | None) -> Callable[[], float]:
+        def case() -> float:
+            registry = Registry()
+            registry.load(lambda: model)
+            if batch_size is None:
+                registry.task(lambda payload, m: m.embed([payload["text"]])[0].tolist())
+            else:
+                registry.task(batch_size=batch_size)(example.handle)
+            with Worker(load_settings(**runner), registry) as worker:
+                worker.map([{"text": "warm up"}] * 4)
+                started = time.perf_counter()
+                _map_window(worker, 512, 32)
+                return 512 / (time.perf_counter() - started)
+
+        return case
+
+    figures = best(
+        rounds,
+        {
+            "bare model, batches of 32": bare,
+            "thread x2, batch_size=32": served({"runner_cls": "thread", "runner": {"max_threads": 2}}, 32),
+            "thread x2, unbatched": served({"runner_cls": "thread", "runner": {"max_threads": 2}}, None),
+            "sequential, unbatched": served({"runner_cls": "sequential"}, None),
+        },
+    )
+    for name, value in figures.items():
+        print(f"embed    {name:<28} {value:8.0f} texts/s")
+    batched = figures["thread x2, batch_size=32"]
+    unbatched = max(figures["thread x2, unbatched"], figures["sequential, unbatched"])
+    print(
+        f"embed    batched / bare model         {batched / figures['bare model, batches of 32']:8.2f}x  (target >= 0.9)"
+    )
+    print(f"embed    batched / best unbatched     {batched / unbatched:8.2f}x  (target >= 1.15)")
+
+
+def latency(rounds: int) -> None:
+    from runqy.protocol import TaskRequest
+
+    def p50_ms(registry: Registry) -> float:
+        with Worker(load_settings(runner_cls="thread", runner={"max_threads": 2}), registry) as worker:
+            runner = worker.runner
+            samples = []
+            for n in range(2000):
+                answered = threading.Event()
+                started = time.perf_counter()
+                runner.submit(TaskRequest(f"t{n}", n), lambda _, e=answered: e.set())
+                answered.wait()
+                samples.append(time.perf_counter() - started)
+            return statistics.median(samples) * 1000
+
+    plain, batched = Registry(), Registry()
+    plain.task(lambda payload: payload)
+    batched.task(batch_size=32, max_wait_ms=0)(lambda payloads: payloads)
+    results: dict[str, list[float]] = {"unbatched": [], "batch_size=32": []}
+    for _ in range(rounds):
+        results["unbatched"].append(p50_ms(plain))
+        results["batch_size=32"].append(p50_ms(batched))
+    for name, values in results.items():
+        print(f"latency  1 in flight, {name:<14} p50 {min(values):7.3f} ms")
+    gap = min(results["batch_size=32"]) - min(results["unbatched"])
+    print(f"latency  batched - unbatched p50     {gap:+7.3f} ms  (target within 1 ms)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-embed", action="store_true")
+    args = parser.parse_args()
+    device(args.rounds)
+    latency(args.rounds)
+    if not args.skip_embed:
+        embed(args.rounds)
+
+
+if __name__ == "__main__":
+    main()

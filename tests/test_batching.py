@@ -1,0 +1,99 @@
+"""Batch handlers in code: settings precedence, Worker.map, async handlers, and how long a short batch waits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from runqy import Registry, RunqyError, Worker, current_batch, load_settings
+from runqy.batching import BatchSpec
+from runqy.protocol import TaskRequest
+from runqy.runners.thread import ThreadRunner
+
+
+def sizes_registry(**batch: Any) -> Registry:
+    registry = Registry()
+
+    @registry.task(**batch)
+    def handle(payloads: list[int]) -> list[dict[str, int]]:
+        return [{"n": n, "call": len(payloads)} for n in payloads]
+
+    return registry
+
+
+def test_a_handler_without_batch_size_takes_one_payload_as_before() -> None:
+    registry = Registry()
+    registry.task(lambda payload: payload * 2)
+    with Worker(load_settings(python_workers=4), registry) as worker:
+        assert worker.map(range(10)) == [n * 2 for n in range(10)]
+
+
+def test_map_runs_a_batch_handler_with_results_in_input_order() -> None:
+    with Worker(load_settings(python_workers=2), sizes_registry(batch_size=16)) as worker:
+        results = worker.map(range(200))
+    assert [r["n"] for r in results] == list(range(200))
+    assert max(r["call"] for r in results) > 1 and all(r["call"] <= 16 for r in results)
+
+
+def test_the_batch_size_setting_applies_where_the_decorator_sets_none_and_code_wins() -> None:
+    registry = Registry()
+
+    @registry.task
+    def handle(payloads: list[int]) -> list[int]:
+        assert isinstance(payloads, list)
+        return [len(payloads)] * len(payloads)
+
+    with Worker(load_settings(batch_size=4), registry) as worker:
+        assert max(worker.map(range(40))) <= 4
+    with Worker(load_settings(batch_size=4), sizes_registry(batch_size=2)) as worker:
+        assert max(r["call"] for r in worker.map(range(40))) <= 2
+
+
+def test_async_batch_handlers_get_their_batch() -> None:
+    registry = Registry()
+
+    @registry.task(batch_size=8)
+    async def handle(payloads: list[int]) -> list[Any]:
+        await asyncio.sleep(0)
+        ids = [info.task_id for info in current_batch()]
+        return [{"n": n, "id": task_id} for n, task_id in zip(payloads, ids, strict=True)]
+
+    with Worker(load_settings(python_workers=2), registry) as worker:
+        results = worker.map(range(30))
+    assert [r["n"] for r in results] == list(range(30))
+    assert [r["id"] for r in results] == [f"map-{n}" for n in range(30)]
+
+
+def test_current_batch_outside_a_batch_handler_says_where_it_works() -> None:
+    with pytest.raises(RunqyError, match="only available while a batch handler"):
+        current_batch()
+
+
+def test_bad_batch_values_fail_where_they_are_written() -> None:
+    with pytest.raises(ValueError, match="batch_size=0: expected an integer of 1 or more"):
+        Registry().task(batch_size=0)(lambda payloads: payloads)
+    with pytest.raises(ValueError, match="max_wait_ms=-1: expected 0 or more"):
+        Registry().task(batch_size=2, max_wait_ms=-1)(lambda payloads: payloads)
+
+
+def test_a_short_batch_waits_for_more_at_most_max_wait() -> None:
+    spec = BatchSpec(size=8, max_wait_s=0.2)
+    assert spec.take_now(waiting=8, oldest_arrived=0.0, now=0.0) == 8
+    assert spec.take_now(waiting=3, oldest_arrived=10.0, now=10.1) == 0
+    assert spec.take_now(waiting=3, oldest_arrived=10.0, now=10.2) == 3
+    registry = sizes_registry(batch_size=8, max_wait_ms=200)
+    runner = ThreadRunner(max_threads=1)
+    runner.start(registry)
+    try:
+        answered = threading.Event()
+        started = time.monotonic()
+        runner.submit(TaskRequest("alone", 1), lambda response: answered.set())
+        assert answered.wait(5.0)
+        waited_s = time.monotonic() - started
+        assert 0.2 <= waited_s < 2.0, "a lone task waits max_wait_ms for company, and no longer"
+    finally:
+        runner.close(5.0)
