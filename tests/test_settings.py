@@ -12,7 +12,9 @@ from config_env import flat, isolate, write_config, write_pyproject
 
 from runqy.config.catalog import BUILTIN_RUNNERS
 from runqy.config.resolve import describe_settings, load_settings, resolve_settings
+from runqy.config.settings import RUNNER_ALIASES, resolve_runner_class
 from runqy.errors import ConfigError, ConfigWarning
+from runqy.runners.eventloop import AsyncRunner
 from runqy.runners.hybrid import HybridRunner
 from runqy.runners.process import PersistentProcessRunner
 from runqy.runners.sequential import SequentialRunner
@@ -228,21 +230,28 @@ def test_load_settings_refuses_a_built_in_runner_missing_from_this_installation(
         load_settings(runner_cls="hybrid")
 
 
-@pytest.mark.parametrize(
-    ("name", "runner_cls"),
-    [
-        ("SEQUENTIAL", SequentialRunner),
-        ("Thread", ThreadRunner),
-        ("PROCESS", PersistentProcessRunner),
-        ("HyBrId", HybridRunner),
-        ("SequentialRunner", SequentialRunner),
-        ("ThreadRunner", ThreadRunner),
-        ("PersistentProcessRunner", PersistentProcessRunner),
-        ("HybridRunner", HybridRunner),
-    ],
-)
+#: Each built-in runner by its alias in another case, and by its class name.
+NAMED_RUNNERS = [
+    ("SEQUENTIAL", SequentialRunner),
+    ("Thread", ThreadRunner),
+    ("PROCESS", PersistentProcessRunner),
+    ("HyBrId", HybridRunner),
+    ("Async", AsyncRunner),
+    ("SequentialRunner", SequentialRunner),
+    ("ThreadRunner", ThreadRunner),
+    ("PersistentProcessRunner", PersistentProcessRunner),
+    ("HybridRunner", HybridRunner),
+    ("AsyncRunner", AsyncRunner),
+]
+
+
+@pytest.mark.parametrize(("name", "runner_cls"), NAMED_RUNNERS)
 def test_runner_names_in_any_case_and_class_names_select_the_runner(
     name: str, runner_cls: type, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RUNQY_RUNNER_CLS", name)
     assert type(load_settings().build_runner()) is runner_cls
+
+
+def test_the_names_above_cover_every_built_in_runner() -> None:
+    assert {runner_cls for _, runner_cls in NAMED_RUNNERS} == {resolve_runner_class(a) for a in RUNNER_ALIASES}

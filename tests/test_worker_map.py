@@ -25,7 +25,7 @@ def settings_of(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> RunqySetti
 def test_results_come_in_input_order(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # Later payloads finish first where tasks run at once: the list must still follow the input.
     payloads = [{"op": "work", "seconds": 0.01 * (8 - n), "n": n} for n in range(8)]
-    with Worker(settings_of(runner_name, monkeypatch), behaviours_registry()) as worker:
+    with Worker(settings_of(runner_name, monkeypatch), behaviours_registry(runner_name)) as worker:
         results = worker.map(payloads)
     assert results == [{"worked_s": p["seconds"]} for p in payloads]
 
@@ -49,7 +49,7 @@ def test_a_failure_raises_for_the_first_failed_payload_and_stops_reading() -> No
 
 def test_return_exceptions_keeps_failures_in_place(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     payloads = [{"op": "echo", "n": 0}, {"op": "retryable", "message": "later"}, {"op": "echo", "n": 2}]
-    with Worker(settings_of(runner_name, monkeypatch), behaviours_registry()) as worker:
+    with Worker(settings_of(runner_name, monkeypatch), behaviours_registry(runner_name)) as worker:
         results = worker.map(payloads, return_exceptions=True)
     assert results[0] == payloads[0] and results[2] == payloads[2]
     assert isinstance(results[1], TaskFailed) and results[1].retryable and results[1].response.error == "later"
