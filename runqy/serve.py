@@ -27,6 +27,7 @@ from typing import Final
 
 from runqy.errors import ProtocolError
 from runqy.inline import InlineExecution
+from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
 
@@ -58,12 +59,14 @@ class InFlight:
     atomic, so the hot path takes no lock: a lock shared by the reader and the handler
     threads made them queue behind each other on every task.
 
-    An answer for a key no longer open is dropped and counted: a late reply for a task
-    given up on at shutdown is expected (``late_replies``); any other is a runner that
-    answered a task twice (``duplicate_replies``), a bug, logged as an error.
+    An answer for a key no longer open is dropped and reported to ``observer``
+    (:meth:`~runqy.observe.telemetry.TaskObserver.reply_dropped`), which the stats line,
+    ``Worker.stats()`` and the metrics read: a late reply for a task given up on at
+    shutdown is expected; any other is a runner that answered a task twice, a bug,
+    also logged as an error.
     """
 
-    def __init__(self, channel: ProtocolChannel, limit: int) -> None:
+    def __init__(self, channel: ProtocolChannel, limit: int, observer: TaskObserver | None = None) -> None:
         self._channel = channel
         self._limit = limit
         self._resume_at = limit // 2
@@ -74,12 +77,9 @@ class InFlight:
         # Answers notify only while someone waits, and only when it may end that wait.
         self._changed = threading.Condition()
         self._waiters = 0
+        self._observer = observer or TaskObserver()
         # Keys answered by give_up(): a reply arriving for one later is late, not a duplicate.
         self._given_up: set[int] = set()
-        #: Replies dropped because :meth:`give_up` had answered their task already.
-        self.late_replies = 0
-        #: Replies dropped because the runner had answered their task already: always 0 unless a runner is broken.
-        self.duplicate_replies = 0
 
     def admit(self, request: TaskRequest) -> Reply | None:
         """Accept a request and return its reply; None once shutdown began."""
@@ -127,13 +127,11 @@ class InFlight:
                 self._changed.notify_all()
 
     def _drop(self, key: int, response: TaskResponse) -> None:
-        # Off the hot path: only answers that lost to another answer get here.
-        with self._changed:
-            late = key in self._given_up
-            if late:
-                self.late_replies += 1
-            else:
-                self.duplicate_replies += 1
+        # Off the hot path: only answers that lost to another answer get here. No lock:
+        # give_up() adds its keys before it answers them, so a reply that loses to its
+        # answer finds its key there.
+        late = key in self._given_up
+        self._observer.reply_dropped(response.task_id, late=late)
         if late:
             log.debug("dropping a late response for task %s: it was given up on at shutdown", response.task_id)
         else:
@@ -157,8 +155,7 @@ class InFlight:
     def give_up(self, why: str) -> int:
         """Answer every open task with a retryable error; returns how many there were."""
         unanswered = list(self._open.items())
-        with self._changed:
-            self._given_up.update(key for key, _ in unanswered)
+        self._given_up.update(key for key, _ in unanswered)
         for key, request in unanswered:
             self.answer(key, TaskResponse.failure(request.task_id, why, retry=True))
         return len(unanswered)
@@ -174,7 +171,7 @@ class Server:
         self.channel = channel
         self.shutdown_timeout_s = shutdown_timeout_s
         self.one_shot = one_shot
-        self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED)
+        self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED, runner.telemetry)
         self._stdin_fd = 0
         #: The incomplete last line of what was read so far; every reader thread goes on from it.
         self._pending = b""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 from collections import Counter
 
@@ -31,6 +32,10 @@ COLLATERAL_ERRORS = (
     CRASH_ERROR,  # a crash takes down the tasks on the child's other threads too
     "was killed because another task in it timed out",  # a child too busy to time out its hang is killed
 )
+
+
+#: The figures of a stats line that this suite checks.
+STATS_LINE = re.compile(r"runqy INFO stats \d+s: done (?P<done>\d+) .* duplicate_replies (?P<duplicates>\d+)$")
 
 
 def mixed_requests(count: int, faults: tuple[str, ...] = FAULTS, seed: int = 5) -> list[dict[str, object]]:
@@ -70,7 +75,7 @@ def test_ten_thousand_tasks_with_crashes_hangs_raises_and_fd1_noise_are_each_ans
 ) -> None:
     faults = FAULTS if runner in IN_CHILDREN else tuple(fault for fault in FAULTS if fault != "crash")
     requests = mixed_requests(10_000 * SCALE, faults)
-    env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": runner, "RUNQY_TASK_TIMEOUT_S": "0.3", "RUNQY_LOG_LEVEL": "WARNING"}
+    env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": runner, "RUNQY_TASK_TIMEOUT_S": "0.3", "RUNQY_STATS_INTERVAL_S": "1"}
     with LocalWorker([sys.executable, str(faulty_worker(runner))], env=env) as worker:
         worker.wait_ready(timeout_s=60)
         outcomes = list(worker.run(requests, concurrency=16, deadline_s=60))
@@ -85,8 +90,18 @@ def test_ten_thousand_tasks_with_crashes_hangs_raises_and_fd1_noise_are_each_ans
         assert worker.process.poll() is None, "the worker must survive its tasks' crashes"
         assert worker.call({"kind": "echo", "after": "load"}, timeout_s=30)["error"] is None
         assert worker.shutdown("close-stdin") == 0
-    # A second answer never reaches stdout (the worker drops it), so it is looked for where it is logged.
+    # A second answer never reaches stdout (the worker drops it), so it is looked for where it is
+    # logged and counted: the stats lines add up to every task answered, none of them twice.
     assert [line for line in worker.stderr_lines if DUPLICATE_REPLY in line] == []
+    assert stats_totals(worker.stderr_lines) == (len(requests) + 1, 0)
+
+
+def stats_totals(stderr_lines: list[str]) -> tuple[int, int]:
+    """Tasks answered and duplicate replies, summed over the worker's stats lines (the last comes at exit)."""
+    figures = [STATS_LINE.search(line) for line in stderr_lines]
+    counts = [(int(found["done"]), int(found["duplicates"])) for found in figures if found]
+    assert counts, "the worker logged no stats line"
+    return sum(done for done, _ in counts), sum(duplicates for _, duplicates in counts)
 
 
 @pytest.mark.timeout(120)

@@ -43,6 +43,10 @@ class WorkerStats:
     child_restarts: dict[str, int]
     #: Resident memory of each child process with its descendants, by pid.
     child_rss_bytes: dict[int, int]
+    #: Second answers the runner gave for a task, dropped: always 0 unless the runner has a bug.
+    duplicate_replies: int = 0
+    #: Answers that came after shutdown had given up on their task, dropped.
+    late_replies: int = 0
 
     @property
     def answered(self) -> int:
@@ -61,7 +65,7 @@ class WorkerStats:
             f"stats {self.period_s:.0f}s: done {self.answered} {outcomes} retried {self.retried} "
             f"{self.tasks_per_s:.1f} tasks/s p50 {_ms(self.duration_p50_s)} p99 {_ms(self.duration_p99_s)} "
             f"in_flight {self.in_flight}/{self.capacity} abandoned {self.abandoned_threads} "
-            f"child_restarts {restarts} child_rss {rss}"
+            f"child_restarts {restarts} child_rss {rss} duplicate_replies {self.duplicate_replies}"
         )
 
 
@@ -79,11 +83,17 @@ def collect_stats(tally: Tally, period_s: float, runner: Runner | None, in_fligh
         abandoned_threads=runner.abandoned_attempts if runner is not None else 0,
         child_restarts=tally.child_restarts,
         child_rss_bytes=runner.child_memory() if runner is not None else {},
+        duplicate_replies=tally.duplicate_replies,
+        late_replies=tally.late_replies,
     )
 
 
 class StatsReporter:
-    """Logs a stats line on ``runqy.stats`` every ``interval_s``, about that interval, until stopped."""
+    """Logs a stats line on ``runqy.stats`` every ``interval_s``, about that interval, and a last one when stopped.
+
+    The last line covers the time since the one before, so the lines of a run add up to
+    all of it: nothing that happened during the final interval goes unreported.
+    """
 
     def __init__(self, telemetry: Telemetry, runner: Runner, in_flight: Callable[[], int], interval_s: float) -> None:
         self._telemetry = telemetry
@@ -102,7 +112,9 @@ class StatsReporter:
 
     def _report(self) -> None:
         before, since = self._telemetry.tally(), time.monotonic()
-        while not self._stopped.wait(self._interval_s):
+        stopped = False
+        while not stopped:
+            stopped = self._stopped.wait(self._interval_s)
             now_tally, now = self._telemetry.tally(), time.monotonic()
             try:
                 stats = collect_stats(now_tally.minus(before), now - since, self._runner, self._in_flight())
@@ -129,6 +141,8 @@ def _fields(stats: WorkerStats) -> dict[str, object]:
         "abandoned_threads": stats.abandoned_threads,
         "child_restarts": stats.child_restarts,
         "child_rss_bytes": {str(pid): n for pid, n in stats.child_rss_bytes.items()},
+        "duplicate_replies": stats.duplicate_replies,
+        "late_replies": stats.late_replies,
     }
 
 
