@@ -14,6 +14,7 @@ from harness import Replies
 from runqy.app import Registry
 from runqy.config.resolve import load_settings
 from runqy.local.driver import LocalWorker
+from runqy.observe.telemetry import Telemetry
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Runner
 
@@ -69,6 +70,9 @@ def test_calls_take_up_to_batch_size_and_each_task_is_answered_once(make_batch_r
     calls = {tuple(r.result["call"]) for r in responses.values() if r.error is None}
     assert all(1 <= len(call) <= SIZE for call in calls)
     assert max(len(call) for call in calls) > 1, "64 tasks in flight must share calls"
+    assert isinstance(runner.telemetry, Telemetry)
+    tally = runner.telemetry.tally()  # what the stats line and metrics report as the mean batch size
+    assert tally.batched_tasks == 64 and len(calls) <= tally.batch_calls < 64
     for task_id, response in responses.items():
         kind = task_id.partition("-")[0]
         if kind == "echo":

@@ -35,7 +35,7 @@ COLLATERAL_ERRORS = (
 
 
 #: The figures of a stats line that this suite checks.
-STATS_LINE = re.compile(r"runqy INFO stats \d+s: done (?P<done>\d+) .* duplicate_replies (?P<duplicates>\d+)$")
+STATS_LINE = re.compile(r"runqy INFO stats \d+s: done (?P<done>\d+) .* duplicate_replies (?P<duplicates>\d+)\b")
 
 
 def mixed_requests(count: int, faults: tuple[str, ...] = FAULTS, seed: int = 5) -> list[dict[str, object]]:

@@ -241,3 +241,14 @@ def test_a_metrics_port_in_use_fails_start_up_saying_so(logging_worker: Path, st
         with pytest.raises(WorkerStartFailed, match=rf"metrics_port={port}: cannot listen on 127.0.0.1:{port}"):
             worker.wait_ready(30)
         assert worker.wait() == 1
+
+
+def test_the_stats_of_a_batch_handler_say_how_full_its_calls_were() -> None:
+    registry = Registry()
+    registry.task(batch_size=8)(lambda payloads: payloads)
+    with Worker(load_settings(runner_cls="thread", python_workers=2), registry) as worker:
+        worker.map(range(100))
+        stats = worker.stats()
+    assert stats.batched_tasks == 100 and 13 <= stats.batch_calls <= 100
+    assert stats.mean_batch_size == 100 / stats.batch_calls
+    assert f"batches {stats.batch_calls} mean {stats.mean_batch_size:.1f}" in stats.line()

@@ -13,7 +13,7 @@ import psutil
 
 from runqy.cli.options import add_settings_options, add_task_source_options, read_jsonl, settings_arguments
 from runqy.errors import ConfigError
-from runqy.local.bench import available_runners, compare, format_table, measure, recommend
+from runqy.local.bench import STATS_INTERVAL_S, available_runners, compare, format_table, measure, recommend
 from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S, WorkerStartFailed
 from runqy.local.timeline import assign_slots, write_svg
 
@@ -69,6 +69,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         argv = [sys.executable, "-m", "runqy", "run", args.target, "--runner", name, "--log-level", "INFO"]
         argv += [*settings, *sizing]
+        if "--stats-interval-s" not in settings:
+            # Its stats line at exit tells how full the batch handler's calls were.
+            argv += ["--stats-interval-s", str(STATS_INTERVAL_S)]
         try:
             result = measure(
                 name,

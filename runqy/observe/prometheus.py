@@ -79,6 +79,14 @@ class _Collector:
         for cause, count in sorted(tally.child_restarts.items()):
             restarts.add_metric([cause], count)
         yield restarts
+        yield CounterMetricFamily(
+            "runqy_batch_calls",
+            "Calls of a batch handler (tasks per call: batch_tasks / batch_calls).",
+            value=tally.batch_calls,
+        )
+        yield CounterMetricFamily(
+            "runqy_batch_tasks", "Tasks carried by batch handler calls.", value=tally.batched_tasks
+        )
         rss = GaugeMetricFamily(
             "runqy_child_rss_bytes", "Resident memory of each child process with its descendants.", labels=["pid"]
         )

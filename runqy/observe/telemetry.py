@@ -111,6 +111,9 @@ class TaskObserver:
     def reply_dropped(self, task_id: str, *, late: bool) -> None:
         """A second answer for a task was dropped: ``late`` after shutdown gave up on it, else a runner bug."""
 
+    def batch_called(self, tasks: int) -> None:
+        """A batch handler is called with ``tasks`` tasks (called once per call, retries included)."""
+
 
 @dataclass
 class Tally:
@@ -127,6 +130,9 @@ class Tally:
     duplicate_replies: int = 0
     #: Answers dropped because shutdown had given up on their task (answered it ``retry: true``).
     late_replies: int = 0
+    #: Calls of a batch handler, and the tasks they carried (their ratio is the mean batch size).
+    batch_calls: int = 0
+    batched_tasks: int = 0
 
     def by_outcome(self) -> dict[str, int]:
         totals = dict.fromkeys(OUTCOMES, 0)
@@ -161,6 +167,8 @@ class Tally:
             child_restarts={c: n - earlier.child_restarts.get(c, 0) for c, n in self.child_restarts.items()},
             duplicate_replies=self.duplicate_replies - earlier.duplicate_replies,
             late_replies=self.late_replies - earlier.late_replies,
+            batch_calls=self.batch_calls - earlier.batch_calls,
+            batched_tasks=self.batched_tasks - earlier.batched_tasks,
         )
 
 
@@ -232,6 +240,8 @@ class Telemetry(TaskObserver):
         self._restarts: collections.Counter[str] = collections.Counter()
         self._duplicate_replies = 0
         self._late_replies = 0
+        self._batch_calls = 0
+        self._batched_tasks = 0
 
     def finished(
         self,
@@ -283,6 +293,12 @@ class Telemetry(TaskObserver):
             else:
                 self._duplicate_replies += 1
 
+    def batch_called(self, tasks: int) -> None:
+        # Once per call, not per task: the lock costs little beside a handler call.
+        with self._lock:
+            self._batch_calls += 1
+            self._batched_tasks += tasks
+
     def tally(self) -> Tally:
         """The counts since start, summed over every thread's shard."""
         with self._lock:
@@ -293,6 +309,8 @@ class Telemetry(TaskObserver):
                 child_restarts=dict(self._restarts),
                 duplicate_replies=self._duplicate_replies,
                 late_replies=self._late_replies,
+                batch_calls=self._batch_calls,
+                batched_tasks=self._batched_tasks,
             )
         for shard in shards:
             # dict() and list() of a dict or list run in C without releasing the GIL: each
