@@ -135,7 +135,7 @@ class AttemptEngine:
         self,
         handler: BoundHandler,
         policy: RetryPolicy,
-        on_abandon: OnAbandon | None = None,
+        on_abandon: OnAbandon,
         observer: TaskObserver | None = None,
     ) -> None:
         self.handler = handler
@@ -145,7 +145,7 @@ class AttemptEngine:
         self.measured = self._observer.measures
         # The handler maps exceptions to responses, so it is what must know the retryable ones.
         handler.retry_exceptions = policy.retry_exceptions
-        self._on_abandon = on_abandon or _continue_in_new_thread
+        self._on_abandon = on_abandon
         self._lock = threading.Lock()
         self._abandoned = 0
         # Timed attempts in progress. Both the finishing thread and the watchdog claim an
@@ -377,7 +377,3 @@ def resolve_exception(name: str) -> type[BaseException]:
 def timed_out(request: TaskRequest, timeout_s: float, attempt: int) -> TaskResponse:
     """The retryable error response of an attempt that ran out of time."""
     return TimedOutResponse(request.task_id, None, str(TaskTimeout(timeout_s, attempt)), True)
-
-
-def _continue_in_new_thread(_abandoned: threading.Thread, continuation: Continuation) -> None:
-    threading.Thread(target=continuation, name="runqy-retry", daemon=True).start()

@@ -67,6 +67,14 @@ class _Collector:
         yield CounterMetricFamily(
             "runqy_threads_abandoned", "Threads abandoned after their attempt timed out.", value=tally.abandoned
         )
+        yield CounterMetricFamily(
+            "runqy_duplicate_replies",
+            "Second answers the runner gave for a task, dropped: a runner bug.",
+            value=tally.duplicate_replies,
+        )
+        yield CounterMetricFamily(
+            "runqy_late_replies", "Answers after shutdown gave up on their task, dropped.", value=tally.late_replies
+        )
         restarts = CounterMetricFamily("runqy_child_restarts", "Child processes replaced, by cause.", labels=["cause"])
         for cause, count in sorted(tally.child_restarts.items()):
             restarts.add_metric([cause], count)

@@ -43,6 +43,10 @@ class WorkerStats:
     child_restarts: dict[str, int]
     #: Resident memory of each child process with its descendants, by pid.
     child_rss_bytes: dict[int, int]
+    #: Second answers the runner gave for a task, dropped: always 0 unless the runner has a bug.
+    duplicate_replies: int = 0
+    #: Answers that came after shutdown had given up on their task, dropped.
+    late_replies: int = 0
     #: Calls of a batch handler (``@task(batch_size=...)``), and the tasks they carried.
     batch_calls: int = 0
     batched_tasks: int = 0
@@ -70,7 +74,7 @@ class WorkerStats:
             f"stats {self.period_s:.0f}s: done {self.answered} {outcomes} retried {self.retried} "
             f"{self.tasks_per_s:.1f} tasks/s p50 {_ms(self.duration_p50_s)} p99 {_ms(self.duration_p99_s)} "
             f"in_flight {self.in_flight}/{self.capacity} abandoned {self.abandoned_threads} "
-            f"child_restarts {restarts} child_rss {rss}{batches}"
+            f"child_restarts {restarts} child_rss {rss} duplicate_replies {self.duplicate_replies}{batches}"
         )
 
 
@@ -88,6 +92,8 @@ def collect_stats(tally: Tally, period_s: float, runner: Runner | None, in_fligh
         abandoned_threads=runner.abandoned_attempts if runner is not None else 0,
         child_restarts=tally.child_restarts,
         child_rss_bytes=runner.child_memory() if runner is not None else {},
+        duplicate_replies=tally.duplicate_replies,
+        late_replies=tally.late_replies,
         batch_calls=tally.batch_calls,
         batched_tasks=tally.batched_tasks,
     )
@@ -148,6 +154,8 @@ def _fields(stats: WorkerStats) -> dict[str, object]:
         "abandoned_threads": stats.abandoned_threads,
         "child_restarts": stats.child_restarts,
         "child_rss_bytes": {str(pid): n for pid, n in stats.child_rss_bytes.items()},
+        "duplicate_replies": stats.duplicate_replies,
+        "late_replies": stats.late_replies,
         "batch_calls": stats.batch_calls,
         "batched_tasks": stats.batched_tasks,
     }
