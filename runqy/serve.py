@@ -28,10 +28,11 @@ from types import FrameType
 from typing import Final
 
 from runqy.errors import ProtocolError
+from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
 
-__all__ = ["InFlight", "Server", "StopReason"]
+__all__ = ["DUPLICATE_REPLY", "InFlight", "Server", "StopReason"]
 
 log = logging.getLogger("runqy")
 
@@ -40,6 +41,8 @@ _READ_CHUNK_BYTES: Final = 1 << 16
 #: exceed this by one chunk's lines). The Go worker never sends more than its
 #: concurrency, so this only bounds a driver that streams without waiting for answers.
 _MAX_QUEUED: Final = 10_000
+#: In the error logged when a runner answers a task twice: the fault tests look for it on stderr.
+DUPLICATE_REPLY: Final = "was answered twice by the runner"
 
 
 class StopReason(enum.Enum):
@@ -56,9 +59,15 @@ class InFlight:
     Answering claims the key by removing it from ``_open`` with ``dict.pop``, which is
     atomic, so the hot path takes no lock: a lock shared by the reader and the handler
     threads made them queue behind each other on every task.
+
+    An answer for a key no longer open is dropped and reported to ``observer``
+    (:meth:`~runqy.observe.telemetry.TaskObserver.reply_dropped`), which the stats line,
+    ``Worker.stats()`` and the metrics read: a late reply for a task given up on at
+    shutdown is expected; any other is a runner that answered a task twice, a bug,
+    also logged as an error.
     """
 
-    def __init__(self, channel: ProtocolChannel, limit: int) -> None:
+    def __init__(self, channel: ProtocolChannel, limit: int, observer: TaskObserver | None = None) -> None:
         self._channel = channel
         self._limit = limit
         self._resume_at = limit // 2
@@ -72,6 +81,9 @@ class InFlight:
         #: Write every answer from the thread that made it: set when one thread runs every
         #: task (see :mod:`runqy.inline`), so answers never wait for, nor wake, the writer thread.
         self.answer_in_place = False
+        self._observer = observer or TaskObserver()
+        # Keys answered by give_up(): a reply arriving for one later is late, not a duplicate.
+        self._given_up: set[int] = set()
 
     def admit(self, request: TaskRequest) -> Reply | None:
         """Accept a request and return its reply; None once shutdown began."""
@@ -103,10 +115,10 @@ class InFlight:
             self._waiters -= 1
 
     def answer(self, key: int, response: TaskResponse) -> None:
-        """Send the response for an accepted task, unless it was already answered (a late reply after a give-up)."""
+        """Send the response for an accepted task, unless it was already answered (then drop and count it)."""
         line = encode_response(response)
         if self._open.pop(key, None) is None:
-            log.debug("dropping a late response for task %s", response.task_id)
+            self._drop(key, response)
             return
         if self._open and not self.answer_in_place:
             self._channel.send(line)
@@ -117,6 +129,17 @@ class InFlight:
         if self._waiters and len(self._open) <= self._resume_at:
             with self._changed:
                 self._changed.notify_all()
+
+    def _drop(self, key: int, response: TaskResponse) -> None:
+        # Off the hot path: only answers that lost to another answer get here. No lock:
+        # give_up() adds its keys before it answers them, so a reply that loses to its
+        # answer finds its key there.
+        late = key in self._given_up
+        self._observer.reply_dropped(response.task_id, late=late)
+        if late:
+            log.debug("dropping a late response for task %s: it was given up on at shutdown", response.task_id)
+        else:
+            log.error("task %s %s; the second answer was dropped (a runner bug)", response.task_id, DUPLICATE_REPLY)
 
     def close(self) -> None:
         """Stop admitting new requests."""
@@ -136,6 +159,7 @@ class InFlight:
     def give_up(self, why: str) -> int:
         """Answer every open task with a retryable error; returns how many there were."""
         unanswered = list(self._open.items())
+        self._given_up.update(key for key, _ in unanswered)
         for key, request in unanswered:
             self.answer(key, TaskResponse.failure(request.task_id, why, retry=True))
         return len(unanswered)
@@ -151,7 +175,7 @@ class Server:
         self.channel = channel
         self.shutdown_timeout_s = shutdown_timeout_s
         self.one_shot = one_shot
-        self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED)
+        self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED, runner.telemetry)
         self._stdin_fd = 0
         #: The incomplete last line of what was read so far; whichever thread reads next goes on from it.
         self._pending = b""

@@ -444,7 +444,9 @@ class Scheduler:
                     del child.inflight[job.seq]
                 child.state = ChildState.DOOMED
                 self._pending.extendleft(reversed(jobs))
-            elif deadline is not None:
+                continue
+            self.observer.batch_called(len(jobs))
+            if deadline is not None:
                 self._wake_if_sooner(deadline)
 
     def _free_child_locked(self, *, isolated: bool) -> ChildProcess | None:

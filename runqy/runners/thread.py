@@ -70,6 +70,8 @@ class ThreadPool:
         self._batch = handler.batch
         engine_class = AttemptEngine if self._batch is None else BatchAttemptEngine
         self.engine = engine_class(handler, policy, on_abandon=self._replace, observer=observer)
+        if isinstance(self.engine, BatchAttemptEngine):
+            self.engine.requeue = self.submit_attempts  # retries join the batches that form next
         self._name = name
         # (request, reply, number of its first attempt here, when it was queued); None stops the threads.
         self._work: queue.SimpleQueue[tuple[TaskRequest, Reply, int, float] | None] = queue.SimpleQueue()
@@ -181,7 +183,12 @@ class ThreadPool:
         spec, engine, work = self._batch, self.engine, self._work
 
         def take(timeout_s: float) -> tuple[TaskRequest, Reply, int, float] | None:
-            return work.get(timeout=timeout_s) if timeout_s else work.get_nowait()
+            if timeout_s:
+                return work.get(timeout=timeout_s)
+            # Tasks submitted together are put under this lock: taken under it too, a call
+            # sees all of them or none (a hybrid child gets a batch formed by its parent).
+            with self._lock:
+                return work.get_nowait()
 
         while True:
             with self._take_lock:
