@@ -159,6 +159,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median run is shown")
     parser.add_argument("--in-flight", default="1,8", help="comma-separated requests in flight (default 1,8)")
     parser.add_argument("--skip-local", action="store_true", help="only the Go driver")
+    parser.add_argument(
+        "--only", help="comma-separated labels of the contenders to run (default: all; bare and 0.2.2 always run)"
+    )
     args = parser.parse_args()
     driver = find_driver(args.go_driver)
     if driver is None:
@@ -168,6 +171,9 @@ def main() -> None:
         )
         return
     install_baseline()
+    if args.only:
+        wanted = {BARE, BASELINE, *args.only.split(",")}
+        CONTENDERS[:] = [c for c in CONTENDERS if c.label in wanted]
     loads = [int(n) for n in args.in_flight.split(",")]
     drivers = [("go-driver (runqy-worker's StdioHandler)", True)] + (
         [] if args.skip_local else [("runqy local", False)]

@@ -204,7 +204,8 @@ class BoundHandler:
             payloads = [request.payload for request, _ in tasks]
             coro = self.fn(payloads, self.ctx) if self.pass_ctx else self.fn(payloads)
             results = await coro
-        except Exception as exc:  # noqa: BLE001 - every handler error becomes the error of the call's tasks
+        # As in execute_async(): everything but the cancellation, which must reach the loop.
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # noqa: BLE001 - the call's tasks fail, not the loop
             return [failure_response(request, exc, self.retry_exceptions) for request, _ in tasks]
         return batch_responses(tasks, results, self.retry_exceptions)
 

@@ -44,6 +44,7 @@ __all__ = [
     "TimedOutResponse",
     "outcome_of",
     "resolve_exception",
+    "settle",
     "timed_out",
 ]
 
@@ -134,7 +135,7 @@ class AttemptEngine:
         self,
         handler: BoundHandler,
         policy: RetryPolicy,
-        on_abandon: OnAbandon | None = None,
+        on_abandon: OnAbandon,
         observer: TaskObserver | None = None,
     ) -> None:
         self.handler = handler
@@ -144,7 +145,7 @@ class AttemptEngine:
         self.measured = self._observer.measures
         # The handler maps exceptions to responses, so it is what must know the retryable ones.
         handler.retry_exceptions = policy.retry_exceptions
-        self._on_abandon = on_abandon or _continue_in_new_thread
+        self._on_abandon = on_abandon
         self._lock = threading.Lock()
         self._abandoned = 0
         # Timed attempts in progress. Both the finishing thread and the watchdog claim an
@@ -198,18 +199,15 @@ class AttemptEngine:
         ``started``: when the attempt began (None when not measured); ``thread``: where
         it ran, if not in the calling thread.
         """
-        final = not response.retry or attempt > self.policy.max_retries
-        # Only failures and measured tasks are observed: a quick success costs nothing here.
-        if response.error is not None or self.measured:
-            duration_s = None if started is None else _clock() - started
-            where = (thread or threading.current_thread()).name
-            observe = self._observer.finished if final else self._observer.retried
-            observe(request, attempt, outcome_of(response), duration_s, where, None, response.error)
-        if final:
+        if response.error is None and not self.measured:  # the common case, nothing to observe: one call less
             reply(response)
             return True
-        if self.policy.retry_backoff_s > 0:
-            time.sleep(self.policy.backoff_s(attempt))
+        backoff_s = settle(self.policy, self._observer, self.measured, request, attempt, response, started, thread)
+        if backoff_s is None:
+            reply(response)
+            return True
+        if backoff_s > 0:
+            time.sleep(backoff_s)
         return False
 
     def _attempt(self, request: TaskRequest, number: int, reply: Reply) -> TaskResponse | None:
@@ -331,6 +329,35 @@ class _Watchdog:
         self._thread.join()
 
 
+def settle(
+    policy: RetryPolicy,
+    observer: TaskObserver,
+    measured: bool,
+    request: TaskRequest,
+    attempt: int,
+    response: TaskResponse,
+    started: float | None,
+    thread: threading.Thread | None = None,
+) -> float | None:
+    """What follows an attempt that ended with ``response``: None to answer with it, else the backoff in seconds.
+
+    The one retry rule of every in-process runner; the caller replies or waits out the
+    backoff its own way (a thread sleeps, a coroutine awaits). The attempt is reported
+    to ``observer``: failures always, successes only when ``measured``, so that a quick
+    success costs no clock read. ``started``: when the attempt began (``perf_counter``,
+    None when not measured); ``thread``: where it ran, if not in the calling thread.
+    """
+    final = not response.retry or attempt > policy.max_retries
+    if response.error is not None or measured:
+        duration_s = None if started is None else _clock() - started
+        where = (thread or threading.current_thread()).name
+        observe = observer.finished if final else observer.retried
+        observe(request, attempt, outcome_of(response), duration_s, where, None, response.error)
+    if final:
+        return None
+    return policy.backoff_s(attempt) if policy.retry_backoff_s > 0 else 0.0
+
+
 def resolve_exception(name: str) -> type[BaseException]:
     """The exception class named ``name``: a builtin (``"ConnectionError"``) or ``"package.module.Class"``.
 
@@ -350,7 +377,3 @@ def resolve_exception(name: str) -> type[BaseException]:
 def timed_out(request: TaskRequest, timeout_s: float, attempt: int) -> TaskResponse:
     """The retryable error response of an attempt that ran out of time."""
     return TimedOutResponse(request.task_id, None, str(TaskTimeout(timeout_s, attempt)), True)
-
-
-def _continue_in_new_thread(_abandoned: threading.Thread, continuation: Continuation) -> None:
-    threading.Thread(target=continuation, name="runqy-retry", daemon=True).start()

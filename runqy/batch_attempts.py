@@ -6,22 +6,28 @@ watchdog as single attempts; each task then settles on its own::
     pool thread ── run_batch(tasks) ── call ──> one response per task
                                          │       ├─ final: reply
                                          │       └─ retryable, retries left: kept
-                                         │  (backoff) the kept tasks, each on its own
-                                         └───────  next attempt, are called again together
+                                         │  (backoff) the kept tasks, each as its own
+                                         └───────  next attempt, go back to the queue
+                                                   and join whatever batch forms next
     watchdog: the call overran ── its tasks answer with the timeout or are kept for
-              a retry, which a fresh thread runs (the stuck thread is abandoned)
+              a retry, queued by a fresh thread (the stuck thread is abandoned)
+
+Requeued, a retry is called with the tasks that arrived meanwhile instead of in a
+smaller call of its own. Without a queue to return to (or once the pool is closed)
+the kept tasks are called again together, in the same thread.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
 import time
+from collections.abc import Callable
 from functools import partial
 
 from runqy.app import failure_response
-from runqy.attempts import _GONE, AttemptEngine, Reply, _Attempt, _clock, _Flag, outcome_of, timed_out
+from runqy.attempts import _GONE, AttemptEngine, Reply, _Attempt, _clock, _Flag, settle, timed_out
+from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest, TaskResponse
 
 __all__ = ["BatchAttemptEngine", "BatchItem"]
@@ -49,12 +55,17 @@ class BatchAttemptEngine(AttemptEngine):
     Thread-safe, as :class:`~runqy.attempts.AttemptEngine`, whose watchdog it shares.
     """
 
-    def run_batch(self, items: list[BatchItem]) -> bool:
-        """Call the handler on ``items`` in the calling thread until every task is answered.
+    #: Where tasks kept for a retry go back to wait for a batch (the pool's queue); raises
+    #: :class:`~runqy.errors.RunnerClosed` once it takes no more. None: retried in place.
+    requeue: Callable[[list[BatchItem]], None] | None = None
 
-        Tasks whose result is a retryable failure are called again (together, each as
-        its own next attempt) while they have local retries left. Returns False when the
-        calling thread was abandoned: a call timed out and another thread took over.
+    def run_batch(self, items: list[BatchItem]) -> bool:
+        """Call the handler on ``items`` in the calling thread until each task is answered or requeued.
+
+        Tasks whose result is a retryable failure are retried, each as its own next
+        attempt, while they have local retries left: queued again through
+        :attr:`requeue`, or called again here. Returns False when the calling thread
+        was abandoned: a call timed out and another thread took over.
         """
         while items:
             started = _clock() if self.measured else None
@@ -62,10 +73,22 @@ class BatchAttemptEngine(AttemptEngine):
             if responses is None:
                 return False
             items = self._settle_all(items, responses, started)
+            if self._requeued(items):
+                return True
+        return True
+
+    def _requeued(self, items: list[BatchItem]) -> bool:
+        if not items or self.requeue is None:
+            return False
+        try:
+            self.requeue(items)
+        except RunnerClosed:
+            return False  # the pool is closing: the retries run here rather than be lost
         return True
 
     def _call(self, items: list[BatchItem]) -> list[TaskResponse] | None:
         tasks = [(request, attempt) for request, _, attempt in items]
+        self._observer.batch_called(len(tasks))
         try:
             if self.untimed:
                 return self.handler.execute_batch(tasks)
@@ -109,23 +132,17 @@ class BatchAttemptEngine(AttemptEngine):
         """Reply to every task whose response is final; back off and return the others as their next attempts."""
         retry: list[BatchItem] = []
         backoff_s = 0.0
-        duration_s = None if started is None else _clock() - started
-        where = threading.current_thread().name
         for (request, reply, attempt), response in zip(items, responses, strict=True):
-            final = not response.retry or attempt > self.policy.max_retries
-            # As for single tasks: failures and measured tasks are observed, a quick success costs nothing.
-            if response.error is not None or self.measured:
-                observe = self._observer.finished if final else self._observer.retried
-                observe(request, attempt, outcome_of(response), duration_s, where, None, response.error)
-            if final:
+            wait_s = settle(self.policy, self._observer, self.measured, request, attempt, response, started)
+            if wait_s is None:
                 try:
                     reply(response)
                 except Exception:  # a broken reply callback must not cost the other tasks their answers
                     log.exception("task %s: error while answering it", request.task_id)
                 continue
             retry.append((request, reply, attempt + 1))
-            backoff_s = max(backoff_s, self.policy.backoff_s(attempt))
-        if retry and backoff_s > 0:
+            backoff_s = max(backoff_s, wait_s)
+        if backoff_s > 0:
             time.sleep(backoff_s)
         return retry
 
@@ -149,4 +166,5 @@ class BatchAttemptEngine(AttemptEngine):
 
     def _resume_batch(self, items: list[BatchItem], responses: list[TaskResponse]) -> bool:
         """The rest of a batch after its call timed out, on a fresh thread."""
-        return self.run_batch(self._settle_all(items, responses))
+        retry = self._settle_all(items, responses)
+        return self._requeued(retry) or self.run_batch(retry)

@@ -1,134 +1,282 @@
-"""Inline execution: quick tasks of a one-at-a-time runner run in the thread that read them.
+"""The inline thread: one thread runs ``@load``, every task, and reads stdin whenever it has nothing to run.
 
-Handing requests from the reader thread to a runner thread costs more than a trivial
-task: each batch changes threads (and often cores) and is parsed in one thread's cache
-and run in another's. So, for a runner that runs one task at a time in this process
-with no time limit (the sequential runner), the reader runs the tasks of each chunk
-itself. Reading stdin must not wait for a handler, so a guard thread watches: when the
-reader has been running tasks for longer than ``hand_over_after_s``, a fresh thread
-takes over reading, and the old one finishes its tasks, then stops::
+A runqy-python 0.2.2 worker read a line, ran its task and wrote the answer, all in the
+main thread, so a ``@load`` that made a thread-affine object (an sqlite3 connection, a
+thread-local client) worked. The sequential runner keeps that promise on this thread,
+for its whole life, and keeps stdin read while a task runs long::
 
-    reader ── read ── parse ── run them here ── read ── ...
-                                   │ still running after hand_over_after_s (the guard sees it)
-                                   ├── a fresh reader reads on; what it accepts meanwhile
-                                   │   is queued for the running thread, in order
-                                   └── the old thread runs its tasks and the queued ones, then ends
+    inline thread ── @load ── read ── parse ── run them here ── read ── ...
+                                                   │ still running after hand_over_after_s
+    helper ── (guarding) ── takes over reading: what it accepts is queued for the
+                            inline thread, in order; hands reading back once that
+                            thread has run everything and asks for it
 
-One task still runs at a time, in arrival order, and each is answered once by the
-runner's own attempt loop, exactly as on the runner's thread.
+Running quick tasks where they were read also saves the hand-off between a reader and a
+runner thread, which cost more than a trivial task. Only one thread reads stdin at a
+time; the one reading waits on stdin and on an interrupt pipe, so the inline thread can
+take reading back, and closing stops it, without waiting for another request.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
+from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Reply
 
-__all__ = ["InlineExecution"]
+__all__ = ["HAND_OVER_AFTER_S", "InlineThread", "ReadChunk", "RunTask"]
 
 log = logging.getLogger("runqy")
 
-#: How long the reader may be busy running tasks before another thread reads instead.
+#: How long the inline thread may run tasks while it is the reader before the helper reads instead.
 HAND_OVER_AFTER_S: Final = 0.01
-#: The guard stops ticking after this long without inline work, so an idle worker sleeps.
+#: The helper stops ticking after this long without inline work, so an idle worker sleeps.
 _GUARD_IDLE_AFTER_S: Final = 1.0
 
+T = TypeVar("T")
 Task = tuple[TaskRequest, Reply]
+#: Runs one task to its end in the calling thread and answers it.
+RunTask = Callable[[TaskRequest, Reply], object]
+#: Reads stdin once (waiting also on the given interrupt fd) and returns the tasks it
+#: accepted, [] when interrupted or no line was a task, None once stdin is closed.
+ReadChunk = Callable[[int], list[Task] | None]
 
 
-class InlineExecution:
-    """Runs tasks in the reading thread, and moves reading to a fresh thread when they take long.
+class InlineThread:
+    """One long-lived thread that runs functions, then tasks in arrival order, and reads stdin between them.
 
-    ``run_task`` runs one task to its end in the calling thread and answers it;
-    ``start_reader`` starts a new thread that reads stdin from where the last one
-    stopped. :meth:`run` is called by the reader with each chunk's tasks.
+    :meth:`call` runs a function there (``@load``); :meth:`submit_many` queues tasks;
+    :meth:`host` makes the thread read stdin itself whenever nothing is queued.
     """
 
-    def __init__(
-        self,
-        run_task: Callable[[TaskRequest, Reply], object],
-        start_reader: Callable[[], threading.Thread],
-        hand_over_after_s: float = HAND_OVER_AFTER_S,
-    ) -> None:
-        self._run_task = run_task
-        self._start_reader = start_reader
+    def __init__(self, name: str, hand_over_after_s: float = HAND_OVER_AFTER_S) -> None:
         self._hand_over_after_s = hand_over_after_s
         self._changed = threading.Condition(threading.Lock())
-        #: The thread allowed to read stdin; None until the first reader runs tasks.
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._queued: collections.deque[Task] = collections.deque()
+        self._run_task: RunTask | None = None
+        #: Set while hosting and stdin is open: how to read it.
+        self._read: ReadChunk | None = None
+        #: The thread allowed to read stdin now, if any.
         self._reader: threading.Thread | None = None
-        #: The thread running tasks now, if any: only one does, as the runner promises.
-        self._executor: threading.Thread | None = None
-        #: When the reader began running its current tasks; None while it is not running any.
-        self._reader_busy_since: float | None = None
-        #: Tasks accepted by a new reader while an older thread still runs tasks.
-        self._backlog: list[Task] = []
+        #: The inline thread asked the helper to give reading back.
+        self._want_back = False
+        #: When the inline thread began running its current tasks; None while it runs none.
+        #: Written without the lock: reading is only ever claimed under it.
+        self._busy_since: float | None = None
         self._last_work = time.monotonic()
         self._guard_sleeping = False
         self._closed = False
-        self._guard = threading.Thread(target=self._watch, name="runqy-read-guard", daemon=True)
-        self._guard.start()
+        self._interrupt_r, self._interrupt_w = os.pipe()
+        os.set_blocking(self._interrupt_r, False)
+        os.set_blocking(self._interrupt_w, False)
+        self._helper: threading.Thread | None = None
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
 
-    def run(self, tasks: list[Task]) -> bool:
-        """Run a chunk's tasks, in the calling reader thread unless another thread is running tasks.
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the inline thread and return its result (or raise its exception)."""
+        done = threading.Event()
+        outcome: list[T] = []
+        failure: list[BaseException] = []
 
-        Returns False when another thread took over reading meanwhile: the caller must
-        then stop reading.
-        """
-        me = threading.current_thread()
+        def job() -> None:
+            try:
+                outcome.append(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+                failure.append(exc)
+            finally:
+                done.set()
+
         with self._changed:
-            if self._reader is None:
-                self._reader = me
-            if self._executor is not None:
-                # An earlier reader is still running tasks: it takes these next, in order.
-                self._backlog += tasks
-                return True
-            self._executor = me
-            self._reader_busy_since = time.monotonic()
-            if self._guard_sleeping:
-                self._changed.notify()
-        while True:
-            for request, reply in tasks:
-                try:
-                    self._run_task(request, reply)
-                except Exception:  # a broken reply callback must not stop reading, as on a runner thread
-                    log.exception("task %s: error while answering it", request.task_id)
-            with self._changed:
-                tasks, self._backlog = self._backlog, []
-                if not tasks:
-                    self._executor = None
-                    self._reader_busy_since = None
-                    self._last_work = time.monotonic()
-                    return self._reader is me
+            self._calls.append(job)
+            self._wake_locked()
+        done.wait()
+        if failure:
+            raise failure[0]
+        return outcome[0]
 
-    def close(self) -> None:
-        """Stop the guard; tasks being run go on to their end."""
+    def run_tasks_with(self, run_task: RunTask) -> None:
+        """Set how a task runs; called once, before the first task is queued."""
+        self._run_task = run_task
+
+    def submit_many(self, tasks: list[Task]) -> None:
+        """Queue tasks to run after those queued before them; raises :class:`RunnerClosed` after :meth:`close`."""
+        with self._changed:
+            if self._closed:
+                raise RunnerClosed(f"{len(tasks)} task(s) submitted after the runner was closed")
+            self._queued.extend(tasks)
+            self._wake_locked()
+
+    def host(self, read: ReadChunk) -> None:
+        """Read stdin with ``read`` on the inline thread whenever it has no task, until :meth:`stop_hosting`."""
+        with self._changed:
+            self._read = read
+            if self._helper is None:
+                self._helper = threading.Thread(target=self._guard, name="runqy-read-guard", daemon=True)
+                self._helper.start()
+            self._wake_locked()
+
+    def stop_hosting(self) -> None:
+        """Stop reading stdin; queued and running tasks go on."""
+        with self._changed:
+            self._read = None
+            self._wake_locked()
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Run what is queued, then stop the threads; False if that took longer than ``timeout_s``."""
         with self._changed:
             self._closed = True
-            self._changed.notify()
+            self._read = None
+            self._wake_locked()
+        self.thread.join(timeout_s)
+        if self._helper is not None:
+            self._helper.join(timeout_s)
+        stopped = not self.thread.is_alive() and not (self._helper is not None and self._helper.is_alive())
+        if stopped:  # else a late reader could poll a reused fd
+            os.close(self._interrupt_r)
+            os.close(self._interrupt_w)
+        return stopped
 
-    def _watch(self) -> None:
-        """The guard: hands reading over when the reader has been running tasks for too long."""
+    # --- the inline thread -------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while (work := self._next_work()) is not None:
+            if callable(work):
+                work()
+            elif work:
+                self._run(work)
+            else:
+                self._read_and_run()
+
+    def _next_work(self) -> Callable[[], None] | list[Task] | None:
+        """What the inline thread does next: a call, the queued tasks, [] to read stdin, or None to stop."""
+        me = self.thread
+        with self._changed:
+            while True:
+                if self._calls:
+                    return self._calls.popleft()
+                hosting = self._read is not None
+                if hosting and self._reader is None:
+                    # Claimed for queued tasks too, so that the helper reads on if they run long.
+                    self._reader = me
+                elif not hosting and self._reader is me:
+                    self._reader = None
+                if self._queued:
+                    tasks = list(self._queued)
+                    self._queued.clear()
+                    return tasks
+                if hosting:
+                    if self._reader is me:
+                        return []
+                    if not self._want_back:  # the helper reads: ask for reading back
+                        self._want_back = True
+                        self._interrupt()
+                elif self._closed:
+                    return None
+                self._changed.wait()
+
+    def _read_and_run(self) -> None:
+        read = self._read
+        if read is None:
+            return
+        tasks = read(self._interrupt_r)
+        if tasks is None:
+            self._end_reading()
+        elif tasks:
+            self._run(tasks)
+        else:
+            self._drain_interrupts()
+
+    def _run(self, tasks: list[Task]) -> None:
+        self._busy_since = time.monotonic()
+        if self._guard_sleeping:
+            with self._changed:
+                self._changed.notify_all()
+        run_task = self._run_task
+        assert run_task is not None, "run_tasks_with() was not called"
+        for request, reply in tasks:
+            try:
+                run_task(request, reply)
+            except Exception:  # a broken reply callback must not stop the thread, as on a pool thread
+                log.exception("task %s: error while answering it", request.task_id)
+        self._busy_since = None
+        self._last_work = time.monotonic()
+
+    # --- the helper: guards the inline thread, and reads while it is busy --------------------
+
+    def _guard(self) -> None:
         tick_s = self._hand_over_after_s / 2
         with self._changed:
             while not self._closed:
-                busy_since = self._reader_busy_since
+                busy_since = self._busy_since
                 now = time.monotonic()
-                if busy_since is not None and now - busy_since >= self._hand_over_after_s:
-                    self._hand_over()
-                if busy_since is None and now - self._last_work > _GUARD_IDLE_AFTER_S:
+                if (
+                    busy_since is not None
+                    and self._reader is self.thread
+                    and self._read is not None
+                    and now - busy_since >= self._hand_over_after_s
+                ):
+                    self._reader = threading.current_thread()
+                    log.debug("a task has held the reader for %.3fs; another thread reads on", now - busy_since)
+                    self._changed.release()
+                    try:
+                        self._read_while_busy()
+                    finally:
+                        self._changed.acquire()
+                elif busy_since is None and now - self._last_work > _GUARD_IDLE_AFTER_S:
                     self._guard_sleeping = True
-                    self._changed.wait()  # until a reader runs tasks again
+                    self._changed.wait()  # until the inline thread runs tasks again
                     self._guard_sleeping = False
                 else:
                     self._changed.wait(tick_s)
 
-    def _hand_over(self) -> None:
-        # Called with the lock held: the old reader cannot finish and read again meanwhile.
-        log.debug("a task has held the reader for %gs or more; another thread reads on", self._hand_over_after_s)
-        self._reader_busy_since = None  # the running thread is no longer the reader: nothing to watch
-        self._reader = self._start_reader()
+    def _read_while_busy(self) -> None:
+        """Read stdin and queue what it holds, until the inline thread wants reading back."""
+        read = self._read
+        while read is not None:
+            tasks = read(self._interrupt_r)
+            if tasks == []:
+                self._drain_interrupts()
+            with self._changed:
+                if tasks is None:
+                    self._read = None
+                elif tasks:
+                    self._queued.extend(tasks)
+                    self._changed.notify_all()
+                if self._want_back or self._read is None or self._closed:
+                    self._reader = None
+                    self._want_back = False
+                    self._changed.notify_all()
+                    return
+                read = self._read
+
+    # --- both --------------------------------------------------------------------------------
+
+    def _end_reading(self) -> None:
+        with self._changed:
+            self._read = None  # stdin is closed: nobody reads again
+            self._reader = None
+            self._changed.notify_all()
+
+    def _wake_locked(self) -> None:
+        """Wake whoever waits (called with the lock held), also a thread waiting on stdin."""
+        self._changed.notify_all()
+        if self._reader is not None:
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already holds a wake-up
+            os.write(self._interrupt_w, b"!")
+
+    def _drain_interrupts(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._interrupt_r, 4096)

@@ -1,10 +1,10 @@
 """The serving loop: read requests, hand them to the runner, answer each exactly once, shut down cleanly.
 
     stdin ──reader thread──> parse ──> InFlight.admit ──> runner.submit_many
-                                                      └─> or run here (runqy.inline)
+      └──or the runner's inline thread, between its tasks ──> run there (runqy.inline)
                                                              │ (any thread)
     stdout <──writer thread── ProtocolChannel <── InFlight.answer (first answer wins)
-           <──────── a lone answer, written by the thread that finished it
+           <──────── a lone answer, or any of an inline thread's, written by the thread that made it
 
 The main thread only waits: for stdin EOF, a signal, or a fatal runner error. Then it
 stops admitting, lets in-flight tasks finish, answers whatever could not finish, and
@@ -18,7 +18,9 @@ import enum
 import itertools
 import logging
 import os
+import select
 import signal
+import stat
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -26,11 +28,11 @@ from types import FrameType
 from typing import Final
 
 from runqy.errors import ProtocolError
-from runqy.inline import InlineExecution
+from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
 
-__all__ = ["InFlight", "Server", "StopReason"]
+__all__ = ["DUPLICATE_REPLY", "InFlight", "Server", "StopReason"]
 
 log = logging.getLogger("runqy")
 
@@ -39,6 +41,8 @@ _READ_CHUNK_BYTES: Final = 1 << 16
 #: exceed this by one chunk's lines). The Go worker never sends more than its
 #: concurrency, so this only bounds a driver that streams without waiting for answers.
 _MAX_QUEUED: Final = 10_000
+#: In the error logged when a runner answers a task twice: the fault tests look for it on stderr.
+DUPLICATE_REPLY: Final = "was answered twice by the runner"
 
 
 class StopReason(enum.Enum):
@@ -55,9 +59,15 @@ class InFlight:
     Answering claims the key by removing it from ``_open`` with ``dict.pop``, which is
     atomic, so the hot path takes no lock: a lock shared by the reader and the handler
     threads made them queue behind each other on every task.
+
+    An answer for a key no longer open is dropped and reported to ``observer``
+    (:meth:`~runqy.observe.telemetry.TaskObserver.reply_dropped`), which the stats line,
+    ``Worker.stats()`` and the metrics read: a late reply for a task given up on at
+    shutdown is expected; any other is a runner that answered a task twice, a bug,
+    also logged as an error.
     """
 
-    def __init__(self, channel: ProtocolChannel, limit: int) -> None:
+    def __init__(self, channel: ProtocolChannel, limit: int, observer: TaskObserver | None = None) -> None:
         self._channel = channel
         self._limit = limit
         self._resume_at = limit // 2
@@ -68,6 +78,12 @@ class InFlight:
         # Answers notify only while someone waits, and only when it may end that wait.
         self._changed = threading.Condition()
         self._waiters = 0
+        #: Write every answer from the thread that made it: set when one thread runs every
+        #: task (see :mod:`runqy.inline`), so answers never wait for, nor wake, the writer thread.
+        self.answer_in_place = False
+        self._observer = observer or TaskObserver()
+        # Keys answered by give_up(): a reply arriving for one later is late, not a duplicate.
+        self._given_up: set[int] = set()
 
     def admit(self, request: TaskRequest) -> Reply | None:
         """Accept a request and return its reply; None once shutdown began."""
@@ -99,20 +115,31 @@ class InFlight:
             self._waiters -= 1
 
     def answer(self, key: int, response: TaskResponse) -> None:
-        """Send the response for an accepted task, unless it was already answered (a late reply after a give-up)."""
+        """Send the response for an accepted task, unless it was already answered (then drop and count it)."""
         line = encode_response(response)
         if self._open.pop(key, None) is None:
-            log.debug("dropping a late response for task %s", response.task_id)
+            self._drop(key, response)
             return
-        if self._open:
+        if self._open and not self.answer_in_place:
             self._channel.send(line)
         else:
-            self._channel.send_alone(line)  # the only task in flight: no writer thread to wake
+            self._channel.send_alone(line)  # the only task in flight, or one thread answers all: written here
         # Popped before reading _waiters, as a waiter counts itself before it checks:
         # either the waiter sees this answer, or this answer sees the waiter.
         if self._waiters and len(self._open) <= self._resume_at:
             with self._changed:
                 self._changed.notify_all()
+
+    def _drop(self, key: int, response: TaskResponse) -> None:
+        # Off the hot path: only answers that lost to another answer get here. No lock:
+        # give_up() adds its keys before it answers them, so a reply that loses to its
+        # answer finds its key there.
+        late = key in self._given_up
+        self._observer.reply_dropped(response.task_id, late=late)
+        if late:
+            log.debug("dropping a late response for task %s: it was given up on at shutdown", response.task_id)
+        else:
+            log.error("task %s %s; the second answer was dropped (a runner bug)", response.task_id, DUPLICATE_REPLY)
 
     def close(self) -> None:
         """Stop admitting new requests."""
@@ -132,6 +159,7 @@ class InFlight:
     def give_up(self, why: str) -> int:
         """Answer every open task with a retryable error; returns how many there were."""
         unanswered = list(self._open.items())
+        self._given_up.update(key for key, _ in unanswered)
         for key, request in unanswered:
             self.answer(key, TaskResponse.failure(request.task_id, why, retry=True))
         return len(unanswered)
@@ -147,11 +175,13 @@ class Server:
         self.channel = channel
         self.shutdown_timeout_s = shutdown_timeout_s
         self.one_shot = one_shot
-        self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED)
+        self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED, runner.telemetry)
         self._stdin_fd = 0
-        #: The incomplete last line of what was read so far; every reader thread goes on from it.
+        #: The incomplete last line of what was read so far; whichever thread reads next goes on from it.
         self._pending = b""
-        self._inline: InlineExecution | None = None
+        self._eof = False
+        #: stdin and the inline thread's interrupt fd, polled together (built on first use).
+        self._poll: tuple[int | None, select.poll] | None = None
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
         # the main thread, and Event.set() there deadlocks if the signal lands while that same
         # thread holds the Event's lock (between entering Event.wait and parking in it). The
@@ -169,15 +199,21 @@ class Server:
         """Say ready, then serve until stopped; returns the exit code for the process (0 or 1)."""
         # Signal handlers first: the Go worker may send SIGTERM as soon as it reads the ready line.
         restore = self._install_signal_handlers()
+        inline = None
+        restore_blocking: Callable[[], None] = _nothing
         try:
             self.runner.on_fatal = self._on_fatal
             self._stdin_fd = stdin_fd
-            run_task = None if self.one_shot else self.runner.inline_runner()
-            if run_task is not None:
-                self._inline = InlineExecution(run_task, self._start_reader)
+            inline = None if self.one_shot else self.runner.inline_thread()
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
-            self._start_reader()
+            if inline is None:
+                self._start_reader()
+            else:
+                # One thread runs every task and answers each as it finishes: no writer thread to wake.
+                self.inflight.answer_in_place = True
+                restore_blocking = _stdin_nonblocking(stdin_fd)
+                inline.host(self._read_chunk_or_fail)
             while self._reason is None:
                 os.read(self._wake_r, 64)
             return self._shut_down()
@@ -187,8 +223,9 @@ class Server:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_w = -1
-            if self._inline is not None:
-                self._inline.close()
+            if inline is not None:
+                inline.stop_hosting()
+                restore_blocking()
 
     def _stop_with(self, reason: StopReason) -> None:
         """Stop serving, from any thread but the signal handler's (see :meth:`_on_signal`)."""
@@ -204,46 +241,92 @@ class Server:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def _start_reader(self) -> threading.Thread:
-        reader = threading.Thread(target=self._read_or_fail, name="runqy-reader", daemon=True)
-        reader.start()
-        return reader
+    def _start_reader(self) -> None:
+        threading.Thread(target=self._read_or_fail, name="runqy-reader", daemon=True).start()
 
     def _read_or_fail(self) -> None:
         try:
-            self._read(self._stdin_fd)
+            self._read_and_submit()
         except BaseException as exc:
             log.critical("the stdin reader failed", exc_info=exc)
             self._stop_with(StopReason.FATAL)
 
-    def _read(self, fd: int) -> None:
-        accept = self._accept
-        while True:
-            self.inflight.wait_for_room()
-            try:
-                chunk = os.read(fd, _READ_CHUNK_BYTES)
-            except OSError as exc:
-                log.error("cannot read stdin: %s", exc)
-                chunk = b""
-            if not chunk:
-                # A last line without its newline is still a request; taken out of _pending
-                # first, so that a reader taking over from this thread cannot accept it again.
-                last_line, self._pending = self._pending, b""
-                last = accept(last_line)
-                if last is not None:
-                    self._run([last])
-                self._stop_with(StopReason.EOF)
+    def _read_chunk_or_fail(self, interrupt_fd: int) -> list[tuple[TaskRequest, Reply]] | None:
+        """:meth:`_read_chunk` for the inline thread, which must go on running tasks if reading fails."""
+        try:
+            return self._read_chunk(interrupt_fd)
+        except Exception as exc:
+            log.critical("reading stdin failed", exc_info=exc)
+            self._stop_with(StopReason.FATAL)
+            return None
+
+    def _read_and_submit(self) -> None:
+        """The reader thread, for a runner without an inline thread: each chunk's tasks go in one hand-off."""
+        while (tasks := self._read_chunk()) is not None:
+            self._submit(tasks)
+            if self.one_shot and tasks:
+                self._stop_with(StopReason.ONE_SHOT)
                 return
-            lines = (self._pending + chunk).split(b"\n")
-            self._pending = lines.pop()
-            if self.one_shot:
-                for line in lines:
-                    if (task := accept(line)) is not None:
-                        self._submit([task])
-                        self._stop_with(StopReason.ONE_SHOT)
-                        return
-            elif not self._run([task for line in lines if (task := accept(line)) is not None]):
-                return  # a task held this thread up: another one reads now
+
+    def _read_chunk(self, interrupt_fd: int | None = None) -> list[tuple[TaskRequest, Reply]] | None:
+        """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
+
+        When stdin has nothing yet, waits for it or for ``interrupt_fd``, and returns []
+        when only that fd became readable: the inline thread's readers are interrupted
+        so (see :mod:`runqy.inline`). Called by one thread at a time.
+        """
+        if self._eof:
+            return None
+        self.inflight.wait_for_room()
+        try:
+            chunk = self._read_stdin(interrupt_fd)
+        except OSError as exc:
+            log.error("cannot read stdin: %s", exc)
+            chunk = b""
+        if chunk is None:
+            return []
+        accept = self._accept
+        if not chunk:
+            # A last line without its newline is still a request.
+            self._eof = True
+            last_line, self._pending = self._pending, b""
+            last = accept(last_line)
+            self._stop_with(StopReason.EOF)
+            return [] if last is None else [last]
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        if self.one_shot:
+            for line in lines:
+                if (task := accept(line)) is not None:
+                    return [task]  # the lines after it are not read: this process serves one task
+            return []
+        return [task for line in lines if (task := accept(line)) is not None]
+
+    def _read_stdin(self, interrupt_fd: int | None) -> bytes | None:
+        """One read of stdin; None when ``interrupt_fd`` became readable first."""
+        try:
+            return os.read(self._stdin_fd, _READ_CHUNK_BYTES)
+        except BlockingIOError:
+            # stdin is non-blocking while an inline thread reads it (see serve()): so a read
+            # finds requests already waiting with one system call, and only waits (here,
+            # where the interrupt fd can end the wait) when there are none.
+            if not self._stdin_first(interrupt_fd):
+                return None
+        try:
+            return os.read(self._stdin_fd, _READ_CHUNK_BYTES)
+        except BlockingIOError:
+            return None  # woken for nothing: the caller reads again
+
+    def _stdin_first(self, interrupt_fd: int | None) -> bool:
+        """Wait until stdin or ``interrupt_fd`` is readable; True when stdin is (or is closed)."""
+        if self._poll is None or self._poll[0] != interrupt_fd:
+            poller = select.poll()
+            poller.register(self._stdin_fd, select.POLLIN)
+            if interrupt_fd is not None:
+                poller.register(interrupt_fd, select.POLLIN)
+            self._poll = (interrupt_fd, poller)
+        ready = self._poll[1].poll()
+        return any(fd == self._stdin_fd for fd, _ in ready)
 
     def _accept(self, line: bytes) -> tuple[TaskRequest, Reply] | None:
         """Parse and admit one line: the accepted task, or None when the line was answered or blank."""
@@ -262,14 +345,6 @@ class Server:
             return None
         return request, reply
 
-    def _run(self, tasks: list[tuple[TaskRequest, Reply]]) -> bool:
-        """Run a chunk's tasks here or hand them to the runner; False once this thread must stop reading."""
-        if self._inline is not None:
-            return self._inline.run(tasks)
-        # All the requests of a chunk go to the runner in one hand-off.
-        self._submit(tasks)
-        return True
-
     def _submit(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         if not tasks:
             return
@@ -285,8 +360,13 @@ class Server:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # The kernel may deliver a signal to any thread, say one polling stdin; Python then runs
+        # the handler only once the main thread runs again, and it sleeps on the wake pipe. The
+        # wake-up fd makes the C-level handler write there from whichever thread got the signal.
+        previous_wakeup_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
         def restore() -> None:
+            signal.set_wakeup_fd(previous_wakeup_fd)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -330,3 +410,27 @@ class Server:
         # The runner stays started: its owner reuses it for the next run, and closes it.
         self.drained = drained
         return 1 if reason is StopReason.FATAL else 0
+
+
+def _nothing() -> None:
+    pass
+
+
+def _stdin_nonblocking(fd: int) -> Callable[[], None]:
+    """Make a pipe on stdin non-blocking, so a reader that finds requests waiting needs no poll first.
+
+    Only a pipe (as the Go worker gives): a terminal left non-blocking after an abrupt
+    exit would break the shell that shares it. Returns how to undo it.
+    """
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not os.get_blocking(fd):
+            return _nothing
+        os.set_blocking(fd, False)
+    except OSError:
+        return _nothing
+    return partial(_set_blocking, fd)
+
+
+def _set_blocking(fd: int) -> None:
+    with contextlib.suppress(OSError):  # stdin may be closed by now
+        os.set_blocking(fd, True)

@@ -20,13 +20,19 @@ from runqy import RetryableError, current_task, load, task
 # As in behaviours.py (not imported from there: that would register its handler too).
 STUCK_S = 10.0
 RENDEZVOUS_TIMEOUT_S = 5.0
+LOADS_DIR_VAR = "BEHAVIOURS_LOADS_DIR"
+LOAD_GREETING = "behaviours: loaded"
 _POLL_S = 0.005
 
 
 @load
 async def setup() -> dict[str, Any]:
-    # Created on the runner's loop: every task must see this very object.
-    return {"token": uuid.uuid4().hex, "loop": asyncio.get_running_loop()}
+    token = uuid.uuid4().hex
+    print(LOAD_GREETING, flush=True)
+    if loads_dir := os.environ.get(LOADS_DIR_VAR):
+        (Path(loads_dir) / token).touch()
+    # The loop is the runner's: every task must see this very object.
+    return {"token": token, "loop": asyncio.get_running_loop()}
 
 
 @task
@@ -103,6 +109,12 @@ async def _rendezvous(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     return "met"
 
 
+async def _shell(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
+    """Run ``command`` in a shell, which inherits fd 1; returns its exit status."""
+    shell = await asyncio.create_subprocess_shell(payload["command"])
+    return await shell.wait()
+
+
 async def _work(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     if "dir" in payload:
         (Path(payload["dir"]) / current_task().task_id).touch()
@@ -122,4 +134,5 @@ _OPS = {
     "flaky": _flaky,
     "rendezvous": _rendezvous,
     "work": _work,
+    "shell": _shell,
 }

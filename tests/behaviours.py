@@ -20,13 +20,21 @@ from runqy import RetryableError, current_task, load, task
 STUCK_S = 10.0
 #: A rendezvous that is not met within this fails the task instead of hanging the test.
 RENDEZVOUS_TIMEOUT_S = 5.0
+#: When set, every ``@load`` leaves a file in this folder: tests wait on it for a replacement child to be ready.
+LOADS_DIR_VAR = "BEHAVIOURS_LOADS_DIR"
+#: What every ``@load`` prints to stdout, as chatty model loaders do: it must never reach the protocol stream.
+LOAD_GREETING = "behaviours: loaded"
 _POLL_S = 0.005
 
 
 @load
 def setup() -> dict[str, Any]:
     # A fresh token per load: tasks that see the same token share one context object.
-    return {"token": uuid.uuid4().hex}
+    token = uuid.uuid4().hex
+    print(LOAD_GREETING, flush=True)
+    if loads_dir := os.environ.get(LOADS_DIR_VAR):
+        (Path(loads_dir) / token).touch()
+    return {"token": token}
 
 
 @task
@@ -105,6 +113,11 @@ def _rendezvous(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     return "met"
 
 
+def _shell(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
+    """Run ``command`` in a shell, which inherits fd 1; returns its exit status."""
+    return os.system(payload["command"])
+
+
 def _work(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     """Mark the start in ``dir`` (if given), then work for ``seconds``."""
     if "dir" in payload:
@@ -125,4 +138,5 @@ _OPS = {
     "flaky": _flaky,
     "rendezvous": _rendezvous,
     "work": _work,
+    "shell": _shell,
 }

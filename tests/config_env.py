@@ -31,18 +31,6 @@ def write_config(directory: Path, body: str, name: str = "runqy.toml") -> Path:
     return path
 
 
-def runner_available(alias: str) -> bool:
-    """Whether a built-in runner's module exists in this checkout (some land on other branches first)."""
-    from runqy.config.catalog import import_runner
-    from runqy.errors import ConfigError
-
-    try:
-        import_runner(alias)
-    except ConfigError:
-        return False
-    return True
-
-
 def flat(settings: Any) -> dict[str, Any]:
     """Settings as dotted names, as ``runqy config --json`` names them in "sources"."""
     values = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)

@@ -141,6 +141,17 @@ def _spin(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     return n
 
 
+def _wait_for_file(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
+    """Mark the start, then run until the test creates ``file``: a task that is still running while the test acts."""
+    _mark(payload)
+    path, deadline = Path(payload["file"]), time.monotonic() + 20
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return os.getpid()
+
+
 def _sleep(payload: dict[str, Any], ctx: dict[str, Any]) -> Any:
     time.sleep(float(payload.get("ms", 20)) / 1000)
 
@@ -167,6 +178,7 @@ ACTIONS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Any]] = {
     "gil_hog": _gil_hog,
     "spin": _spin,
     "sleep": _sleep,
+    "wait_for_file": _wait_for_file,
 }
 
 

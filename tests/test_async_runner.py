@@ -19,7 +19,7 @@ from typing import Any
 import async_behaviours
 import pytest
 from conftest import CLEAN_ENV, CLOSE_TIMEOUT_S, STARTUP_TIMEOUT_S, WorkerFactory
-from harness import Replies, wait_for_files
+from harness import Replies, wait_for_files, wait_until
 
 from runqy import current_task
 from runqy.app import Registry
@@ -94,17 +94,6 @@ def test_the_refusal_comes_before_load_runs() -> None:
     assert loaded == []
 
 
-def test_a_batch_handler_is_refused_at_start_naming_the_thread_runner() -> None:
-    registry = Registry()
-
-    @registry.task(batch_size=8)
-    async def handle(payloads: list[object]) -> list[object]:
-        return payloads
-
-    with pytest.raises(HandlerUnsupported, match=r'batch handlers.*runner_cls = "thread"'):
-        AsyncRunner().start(registry)
-
-
 def test_an_offloaded_plain_handler_runs_in_the_pool_and_sees_its_task(
     start_runner: Callable[..., AsyncRunner],
 ) -> None:
@@ -118,6 +107,31 @@ def test_an_offloaded_plain_handler_runs_in_the_pool_and_sees_its_task(
     response = runner.run_task(TaskRequest("plain-1", None))
     assert response.error is None
     assert response.result["task_id"] == "plain-1" and response.result["thread"].startswith("runqy-offload")
+
+
+@pytest.mark.parametrize("batch_size", [None, 4], ids=["single", "batch"])
+def test_a_timed_out_offloaded_call_counts_as_abandoned_until_its_thread_ends(
+    start_runner: Callable[..., AsyncRunner], batch_size: int | None
+) -> None:
+    release = threading.Event()
+    registry = Registry()
+
+    def stuck(payload: Any) -> Any:
+        release.wait(30.0)  # a thread cannot be cancelled: it runs on past its timeout
+        return payload
+
+    if batch_size is None:
+        registry.task(offload=True)(stuck)
+    else:
+        registry.task(offload=True, batch_size=batch_size)(lambda payloads: [stuck(p) for p in payloads])
+    runner = start_runner(registry, task_timeout_s=0.2)
+    try:
+        response = runner.run_task(TaskRequest("stuck", None))
+        assert response.retry is True and "timed out" in (response.error or "")
+        assert runner.abandoned_attempts == 1, "the thread still runs the timed-out call"
+    finally:
+        release.set()
+    wait_until(lambda: runner.abandoned_attempts == 0, "the released thread ends and is no longer counted")
 
 
 def test_async_load_runs_on_the_loop_every_task_uses_and_current_task_reaches_called_code(

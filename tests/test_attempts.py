@@ -1,4 +1,4 @@
-"""The attempt engine on its own: backoff, timeout messages, a retry that does not wait for a stuck attempt."""
+"""The attempt engine: backoff, timeout messages, a retry (on a fresh pool thread) that never waits for a stuck one."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import threading
 from typing import Any
 
 import pytest
-from harness import WAIT_S, Replies
+from harness import WAIT_S, Replies, wait_until
 
 from runqy.app import Registry
 from runqy.attempts import AttemptEngine, RetryPolicy
 from runqy.context import current_task
 from runqy.errors import TaskTimeout
 from runqy.protocol import TaskRequest
+from runqy.runners.thread import ThreadPool
 
 
 @pytest.mark.parametrize("failed_attempt", [1, 2, 3, 4])
@@ -30,48 +31,50 @@ def test_timeout_error_names_the_limit_and_the_attempt() -> None:
     assert isinstance(error, TimeoutError)
 
 
-def test_retry_of_a_stuck_attempt_runs_on_another_thread() -> None:
+def test_retry_of_a_stuck_attempt_runs_on_a_fresh_pool_thread() -> None:
     release = threading.Event()
-    threads: dict[int, int] = {}
+    ran_on: dict[tuple[str, int], int] = {}
     registry = Registry()
 
     @registry.task
     def handler(payload: Any) -> int:
-        attempt = current_task().attempt
-        threads[attempt] = threading.get_ident()
-        if attempt == 1:
+        info = current_task()
+        ran_on[info.task_id, info.attempt] = threading.get_ident()
+        if info.attempt == 1 and payload == "stuck once":
             release.wait(WAIT_S)  # stuck until the test lets it go
-        return attempt
+        return info.attempt
 
-    engine = AttemptEngine(registry.bind(), RetryPolicy(task_timeout_s=0.2, max_retries=1))
+    # A pool of one thread: the retry can only run if the pool hands the task to a fresh thread.
+    pool = ThreadPool(registry.bind(), RetryPolicy(task_timeout_s=0.2, max_retries=1), max_threads=1)
     replies = Replies()
-    returned: list[bool] = []
-    caller = threading.Thread(
-        target=lambda: returned.append(engine.run(TaskRequest("t", None), replies.reply_for("t")))
-    )
-    caller.start()
+    pool.submit(TaskRequest("t", "stuck once"), replies.reply_for("t"))
     try:
         assert replies.one("t").result == 2
-        assert threads[1] != threads[2]
-        assert engine.abandoned == 1
+        stuck, fresh = ran_on["t", 1], ran_on["t", 2]
+        assert stuck != fresh
+        assert pool.engine.abandoned == 1
     finally:
         release.set()
-    caller.join(WAIT_S)
-    assert returned == [False], "the abandoned caller must stop serving"
-    assert engine.abandoned == 0
+    wait_until(lambda: pool.engine.abandoned == 0, "the abandoned attempt returned")
+    # Once its handler returned, the abandoned thread stops: the next task runs on the fresh one.
+    pool.submit(TaskRequest("next", None), replies.reply_for("next"))
+    assert replies.one("next").result == 1 and ran_on["next", 1] == fresh
+    assert pool.close(WAIT_S)
     assert replies.one("t").result == 2, "the late first attempt must not answer again"
-    engine.close()
 
 
 def test_a_timeout_that_never_fires_changes_nothing() -> None:
     registry = Registry()
     registry.task(lambda payload: payload)
-    engine = AttemptEngine(registry.bind(), RetryPolicy(task_timeout_s=30))
+    handed_over: list[threading.Thread] = []
+    engine = AttemptEngine(
+        registry.bind(), RetryPolicy(task_timeout_s=30), lambda thread, rest: handed_over.append(thread)
+    )
     replies = Replies()
     for n in range(100):
         assert engine.run(TaskRequest(f"t{n}", n), replies.reply_for(f"t{n}")) is True
     assert [replies.one(f"t{n}").result for n in range(100)] == list(range(100))
-    assert engine.abandoned == 0
+    assert engine.abandoned == 0 and handed_over == []
     engine.close()
 
 

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
-from runqy import Registry, RunqyError, Worker, current_batch, load_settings
+from runqy import Registry, RetryableError, RunqyError, Worker, current_batch, load_settings
+from runqy.attempts import RetryPolicy
 from runqy.batching import BatchSpec
-from runqy.protocol import TaskRequest
-from runqy.runners.thread import ThreadRunner
+from runqy.protocol import TaskRequest, TaskResponse
+from runqy.runners.sequential import SequentialRunner
+from runqy.runners.thread import PooledRunner, ThreadRunner
 
 
 def sizes_registry(**batch: Any) -> Registry:
@@ -97,3 +99,54 @@ def test_a_short_batch_waits_for_more_at_most_max_wait() -> None:
         assert 0.2 <= waited_s < 2.0, "a lone task waits max_wait_ms for company, and no longer"
     finally:
         runner.close(5.0)
+
+
+@pytest.mark.parametrize(
+    ("failure", "timeout_s"),
+    [("retryable", None), ("retryable", 30.0), ("timed out", 0.3)],
+    ids=["retryable-untimed", "retryable-timed", "timed-out"],
+)
+@pytest.mark.parametrize("runner_class", [SequentialRunner, ThreadRunner])
+def test_a_retried_task_joins_the_batch_that_forms_next(
+    runner_class: type[PooledRunner], failure: str, timeout_s: float | None
+) -> None:
+    calls: list[list[tuple[str, int]]] = []
+    first_call_running, release_first_call, all_answered = threading.Event(), threading.Event(), threading.Event()
+    registry = Registry()
+
+    @registry.task(batch_size=8)
+    def handle(payloads: list[int]) -> list[Any]:
+        calls.append([(info.task_id, info.attempt) for info in current_batch()])
+        if len(calls) == 1:
+            first_call_running.set()
+            if failure == "timed out":  # stuck past its timeout: abandoned, its tasks retried meanwhile
+                assert all_answered.wait(10.0)
+            assert release_first_call.wait(10.0)
+            return [RetryableError("busy")] * len(payloads)
+        return payloads
+
+    policy = RetryPolicy(max_retries=1, task_timeout_s=timeout_s)
+    runner = SequentialRunner(policy) if runner_class is SequentialRunner else ThreadRunner(1, policy)
+    runner.start(registry)
+    answers: dict[str, TaskResponse] = {}
+
+    def reply(response: TaskResponse) -> None:
+        answers[response.task_id] = response
+        if len(answers) == 4:
+            all_answered.set()
+
+    try:
+        runner.submit(TaskRequest("a", 0), reply)
+        assert first_call_running.wait(10.0)
+        for n in (1, 2, 3):  # arrive while the first call runs
+            runner.submit(TaskRequest(f"b{n}", n), reply)
+        if failure == "retryable":
+            release_first_call.set()
+        assert all_answered.wait(10.0)
+    finally:
+        release_first_call.set()
+        runner.close(5.0)
+    assert calls == [[("a", 1)], [("b1", 1), ("b2", 1), ("b3", 1), ("a", 2)]], (
+        "the retry waits its turn with the others"
+    )
+    assert {task_id: response.result for task_id, response in answers.items()} == {"a": 0, "b1": 1, "b2": 2, "b3": 3}

@@ -22,6 +22,7 @@ from runqy.local.timeline import assign_slots, write_svg
 
 WORKER = Path(__file__).parent / "workers" / "bench_worker.py"
 ASYNC_WORKER = Path(__file__).parent / "workers" / "async_bench_worker.py"
+BATCH_WORKER = Path(__file__).parent / "workers" / "batch_bench_worker.py"
 
 
 def bench(*args: str, cwd: Path, worker: Path = WORKER) -> subprocess.CompletedProcess[str]:
@@ -115,6 +116,21 @@ def test_an_async_handler_that_waits_gets_the_async_runner_and_a_plain_one_skips
     assert plain.returncode == 0, plain.stderr
     assert "async: skipped, it runs only async def handlers" in plain.stderr
     assert [line.split()[0] for line in plain.stdout.splitlines()[2:-1]] == ["sequential"]
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_handler_shows_how_full_its_calls_were(tmp_path: Path) -> None:
+    # 16 in flight and one call at a time: while a call sleeps, the next tasks queue up and
+    # the following call takes up to 8 of them, so calls carry more than one task on average.
+    args = ("--runners", "sequential", "--payload", '{"s": 0.01}', "--generate", "160", "--concurrency", "16")
+    done = bench(*args, cwd=tmp_path, worker=BATCH_WORKER)
+    assert done.returncode == 0, done.stderr
+    header, _rule, row, _recommendation = done.stdout.splitlines()
+    assert header.split()[-3:] == ["batch", "failed", "lost"]
+    mean = float(row.split()[-3])
+    assert 1.5 < mean <= 8, done.stdout
+    plain = bench("--runners", "sequential", "--payload", '{"kind": "sleep", "s": 0.001}', cwd=tmp_path)
+    assert "batch" not in plain.stdout.splitlines()[0], "no batch column for a handler that does not batch"
 
 
 @pytest.mark.timeout(120)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from config_env import isolate, runner_available, write_config, write_pyproject
+from config_env import isolate, write_config, write_pyproject
 
 from runqy import RetryableError, RunqyBuilder, Worker, current_task
 from runqy.app import Registry
@@ -152,8 +152,6 @@ def test_retries_on_a_class_that_cannot_be_found_by_name_is_refused() -> None:
 
 
 def test_thread_runner_from_the_builder_has_the_requested_size() -> None:
-    if not runner_available("thread"):
-        pytest.skip("the thread runner is not on this branch yet")
     registry = Registry()
     registry.task(lambda payload: payload)
     with RunqyBuilder().thread_runner(max_threads=3).build(registry) as worker:

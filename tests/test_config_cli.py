@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 from config_env import isolate, write_config, write_pyproject
+from runner_params import CLEAN_ENV
 
+from runqy.config.descriptions import setting_descriptions
 from runqy.config.settings import RunnerOptions, RunqySettings
+from runqy.local.driver import LocalWorker
 
 BUILDER_SCRIPT = """
 import json
@@ -83,6 +86,29 @@ def test_each_layer_changes_the_runner_and_names_the_winning_source(tmp_path: Pa
     assert report["runner"]["available"] is True
 
 
+def test_the_command_line_wins_over_the_same_setting_in_the_environment(tmp_path: Path) -> None:
+    env = {"RUNQY_RUNNER_CLS": "process", "RUNQY_TASK_TIMEOUT_S": "5", "RUNQY_RUNNER__MAX_THREADS": "7"}
+    done = runqy(
+        tmp_path, "config", "--json", "--runner", "thread", "--task-timeout-s", "2", "--max-threads", "3", **env
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    settings, sources = report["settings"], report["sources"]
+    assert (settings["runner_cls"], settings["task_timeout_s"], settings["runner"]["max_threads"]) == ("thread", 2, 3)
+    assert sources["runner_cls"] == sources["task_timeout_s"] == sources["runner.max_threads"] == "cli"
+
+
+def test_a_worker_runs_with_the_command_lines_setting_over_the_environments(tmp_path: Path) -> None:
+    (tmp_path / "worker.py").write_text(WORKER)
+    argv = [sys.executable, "-m", "runqy", "run", "worker.py", "--runner", "thread", "--max-threads", "3"]
+    env = {**CLEAN_ENV, "RUNQY_RUNNER_CLS": "process", "RUNQY_RUNNER__MAX_THREADS": "7", "RUNQY_LOG_LEVEL": "INFO"}
+    with LocalWorker(argv, env=env, cwd=str(tmp_path)) as worker:
+        worker.wait_ready(timeout_s=30)
+        assert worker.call({"n": 1}, timeout_s=10)["result"] == {"n": 1}
+        assert worker.shutdown() == 0
+    assert any("ready: <ThreadRunner capacity=3>" in line for line in worker.stderr_lines), worker.stderr_lines
+
+
 def test_python_workers_alone_reports_a_4_thread_runner(tmp_path: Path) -> None:
     report = config_json(tmp_path, RUNQY_PYTHON_WORKERS="4")
     assert report["runner"]["name"] == "thread"
@@ -131,10 +157,11 @@ def test_run_help_explains_every_setting_with_its_variable() -> None:
         [sys.executable, "-m", "runqy", "run", "--help"], capture_output=True, text=True, check=True
     ).stdout
     flat = " ".join(shown.split())  # argparse wraps long help lines
-    fields = [("", name, info) for name, info in RunqySettings.model_fields.items() if name != "runner"]
-    fields += [("RUNNER__", name, info) for name, info in RunnerOptions.model_fields.items()]
-    for prefix, name, info in fields:
-        assert info.description, f"{name} has no docstring in runqy/config/settings.py"
-        first_words = " ".join(info.description.replace("``", "").split()[:4])
+    descriptions = setting_descriptions()
+    fields = [("", name, name) for name in RunqySettings.model_fields if name != "runner"]
+    fields += [("RUNNER__", name, f"runner.{name}") for name in RunnerOptions.model_fields]
+    for prefix, name, dotted in fields:
+        assert descriptions.get(dotted), f"{dotted} has no docstring in runqy/config/settings.py"
+        first_words = " ".join(descriptions[dotted].replace("``", "").split()[:4])
         assert f"--{name.replace('_', '-')}" in flat and first_words in flat
         assert f"[RUNQY_{prefix}{name.upper()}]" in flat

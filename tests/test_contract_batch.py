@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import async_batch_behaviours
 import batch_behaviours
 import pytest
 from conftest import CLOSE_TIMEOUT_S, RUNNERS, STARTUP_TIMEOUT_S
@@ -14,21 +15,14 @@ from harness import Replies
 from runqy.app import Registry
 from runqy.config.resolve import load_settings
 from runqy.local.driver import LocalWorker
+from runqy.observe.telemetry import Telemetry
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Runner
 
 MakeRunner = Callable[..., Runner]
 SIZE = batch_behaviours.BATCH_SIZE
-
-
-#: Runners that batch. The async runner does not yet: it refuses a batch handler at start
-#: (tests/test_async_runner.py), so it is left out here rather than skipped test by test.
-BATCHING_RUNNERS = [name for name in RUNNERS if name != "async"]
-
-
-@pytest.fixture(params=BATCHING_RUNNERS)
-def runner_name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+#: The async runner runs async def handlers only: it serves the async twin of the batch behaviours.
+BATCH_BEHAVIOURS_OF = {"async": async_batch_behaviours}
 
 
 @pytest.fixture
@@ -40,7 +34,7 @@ def make_batch_runner(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> Iter
         for name, value in {**RUNNERS[runner_name], **env}.items():
             monkeypatch.setenv(name, value)
         registry = Registry()
-        registry.task(batch_size=SIZE)(batch_behaviours.handle)
+        registry.task(batch_size=SIZE)(BATCH_BEHAVIOURS_OF.get(runner_name, batch_behaviours).handle)
         runner = load_settings().build_runner()
         runner.start(registry)
         started.append(runner)
@@ -69,6 +63,9 @@ def test_calls_take_up_to_batch_size_and_each_task_is_answered_once(make_batch_r
     calls = {tuple(r.result["call"]) for r in responses.values() if r.error is None}
     assert all(1 <= len(call) <= SIZE for call in calls)
     assert max(len(call) for call in calls) > 1, "64 tasks in flight must share calls"
+    assert isinstance(runner.telemetry, Telemetry)
+    tally = runner.telemetry.tally()  # what the stats line and metrics report as the mean batch size
+    assert tally.batched_tasks == 64 and len(calls) <= tally.batch_calls < 64
     for task_id, response in responses.items():
         kind = task_id.partition("-")[0]
         if kind == "echo":
@@ -146,7 +143,8 @@ def test_a_poison_item_is_found_and_the_others_of_its_batch_answered(
 @pytest.fixture
 def batch_worker(runner_name: str) -> Iterator[LocalWorker]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNQY_")}
-    with LocalWorker.for_target(batch_behaviours.__file__, env={**env, **RUNNERS[runner_name]}) as worker:
+    target = BATCH_BEHAVIOURS_OF.get(runner_name, batch_behaviours).__file__
+    with LocalWorker.for_target(target, env={**env, **RUNNERS[runner_name]}) as worker:
         worker.wait_ready(STARTUP_TIMEOUT_S)
         yield worker
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import Replies
+from behaviours import LOADS_DIR_VAR
+from harness import Replies, wait_for_files
 
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Runner
@@ -95,12 +97,19 @@ def test_retry_runs_while_the_timed_out_attempt_is_still_stuck(make_runner: Make
 
 
 def test_full_capacity_while_a_task_is_stuck(make_runner: MakeRunner, tmp_path: Path) -> None:
-    runner = make_runner(RUNQY_TASK_TIMEOUT_S="1", RUNQY_MAX_RETRIES="0")
+    loads, meeting = tmp_path / "loads", tmp_path / "meeting"
+    loads.mkdir(), meeting.mkdir()
+    runner = make_runner(RUNQY_TASK_TIMEOUT_S="1", RUNQY_MAX_RETRIES="0", **{LOADS_DIR_VAR: str(loads)})
+    loaded = len(os.listdir(loads))
     replies = Replies()
     replies.submit(runner, "stuck", {"op": "stuck"})
     assert "timed out" in (replies.one("stuck").error or "")
+    if runner.capabilities.hard_timeout:
+        # The stuck task's child was killed. Meeting tasks wait for each other under the 1 s
+        # timeout, so they start once its replacement is loaded, not while it starts up.
+        wait_for_files(loads, loaded + 1)
     # The stuck attempt runs on. These succeed only if `capacity` of them run at the same time beside it.
-    meet = {"op": "rendezvous", "dir": str(tmp_path), "parties": runner.capacity}
+    meet = {"op": "rendezvous", "dir": str(meeting), "parties": runner.capacity}
     ids = [f"meet-{n}" for n in range(runner.capacity)]
     for task_id in ids:
         replies.submit(runner, task_id, meet)

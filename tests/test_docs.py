@@ -1,4 +1,4 @@
-"""docs/configuration.md stays true: its examples run, and its table of settings matches the code."""
+"""docs/configuration.md stays true: its examples print what they say, and its table of settings matches the code."""
 
 from __future__ import annotations
 
@@ -30,14 +30,28 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     isolate(monkeypatch, tmp_path)
 
 
+def promised_output(code: str) -> list[str]:
+    """What an example says it prints: the comment after each ``print(...)``; a trailing ``...`` marks a prefix."""
+    return [line.split("  # ", 1)[1] for line in code.splitlines() if "print(" in line and "  # " in line]
+
+
 @pytest.mark.parametrize("index", range(len(blocks("python"))))
-def test_python_example_runs(index: int) -> None:
+def test_python_example_prints_what_its_comments_say_and_its_asserts_hold(
+    index: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = blocks("python")[index]
+    promised = promised_output(code)
+    assert promised or "assert " in code, "an example shows what it does: a print() with a comment, or an assert"
     saved = default_registry.handler, default_registry.loader
     try:
         # Executed as an imported module would be, so `if __name__ == "__main__"` does not serve stdin.
-        exec(compile(blocks("python")[index], f"{DOC}:python[{index}]", "exec"), {"__name__": "docs_example"})
+        exec(compile(code, f"{DOC}:python[{index}]", "exec"), {"__name__": "docs_example"})
     finally:
         default_registry.handler, default_registry.loader = saved
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(promised), printed
+    for line, comment in zip(printed, promised, strict=True):
+        assert line.startswith(comment.removesuffix(" ...")) if comment.endswith(" ...") else line == comment, line
 
 
 @pytest.mark.parametrize("index", range(len(blocks("toml"))))

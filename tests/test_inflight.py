@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from runqy.observe.report import collect_stats
+from runqy.observe.telemetry import Telemetry
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse
-from runqy.serve import InFlight
+from runqy.serve import DUPLICATE_REPLY, InFlight
 
 
 @pytest.fixture
@@ -32,7 +34,8 @@ def read_lines(fd: int, count: int) -> list[bytes]:
 
 def test_a_late_second_answer_is_dropped(channel: tuple[ProtocolChannel, int]) -> None:
     pipe, read_fd = channel
-    inflight = InFlight(pipe, limit=10)
+    telemetry = Telemetry()
+    inflight = InFlight(pipe, limit=10, observer=telemetry)
     reply = inflight.admit(TaskRequest("t1"))
     assert reply is not None
     assert inflight.give_up("worker is stopping") == 1
@@ -43,6 +46,25 @@ def test_a_late_second_answer_is_dropped(channel: tuple[ProtocolChannel, int]) -
     lines = read_lines(read_fd, 2)
     assert [line.split(b",")[0] for line in lines] == [b'{"task_id":"t1"', b'{"task_id":"t2"']
     assert b"worker is stopping" in lines[0] and b"late result" not in b"".join(lines)
+    tally = telemetry.tally()
+    assert (tally.late_replies, tally.duplicate_replies) == (1, 0)
+
+
+def test_a_runner_answering_twice_is_logged_as_a_bug_and_counted_in_the_stats(
+    channel: tuple[ProtocolChannel, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    pipe, read_fd = channel
+    telemetry = Telemetry()
+    inflight = InFlight(pipe, limit=10, observer=telemetry)
+    reply = inflight.admit(TaskRequest("t1"))
+    assert reply is not None
+    reply(TaskResponse("t1", "first"))
+    reply(TaskResponse("t1", "second"))
+    assert read_lines(read_fd, 1) == [b'{"task_id":"t1","result":"first","error":null,"retry":false}']
+    assert f"task t1 {DUPLICATE_REPLY}" in caplog.text
+    stats = collect_stats(telemetry.tally(), 1.0, None, len(inflight))
+    assert (stats.duplicate_replies, stats.late_replies) == (1, 0)
+    assert stats.line().endswith(" duplicate_replies 1")
 
 
 def test_the_reader_waits_at_the_limit_until_half_are_answered(channel: tuple[ProtocolChannel, int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import time
@@ -14,10 +15,15 @@ import pytest
 from conftest import RUNNERS, WorkerFactory
 
 from runqy.app import Registry
+from runqy.attempts import RetryPolicy
 from runqy.config.resolve import load_settings
 from runqy.errors import TaskFailed
 from runqy.local.driver import WorkerStartFailed, make_request
 from runqy.observe.logs import MAX_LOG_LINE_BYTES
+from runqy.observe.report import StatsReporter
+from runqy.observe.telemetry import OK, Telemetry
+from runqy.protocol import TaskRequest
+from runqy.runners.sequential import SequentialRunner
 from runqy.worker import Worker
 
 LOGGING_WORKER = """
@@ -143,6 +149,20 @@ def test_worker_stats_counts_outcomes_and_durations() -> None:
     assert "done 20 ok 16 failed 4" in stats.line()
 
 
+def test_the_last_stats_line_comes_when_stopped_and_covers_the_time_since_the_one_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    telemetry = Telemetry(measure=True)
+    reporter = StatsReporter(telemetry, SequentialRunner(RetryPolicy()), lambda: 0, interval_s=3600)
+    reporter.start()
+    telemetry.finished(TaskRequest("t1", type="job"), 1, OK, 0.001, "main")
+    telemetry.reply_dropped("t1", late=False)
+    with caplog.at_level(logging.INFO, logger="runqy.stats"):
+        reporter.stop()  # long before the first interval ends
+    (line,) = [record.getMessage() for record in caplog.records if record.name == "runqy.stats"]
+    assert re.match(r"stats \d+s: done 1 ok 1 ", line) and line.endswith(" duplicate_replies 1"), line
+
+
 METRICS_WORKER = """
 import time
 from runqy import task, run
@@ -206,6 +226,7 @@ def test_a_scrape_after_1000_tasks_shows_their_outcomes_exactly(
     assert samples[("runqy_task_duration_seconds_count", (("type", "job"),))] == 1000.0
     assert samples[("runqy_runner_capacity", ())] == (4.0 if runner_name == "hybrid" else 2.0)
     assert samples[("runqy_tasks_in_flight", ())] == 0.0
+    assert samples[("runqy_duplicate_replies_total", ())] == samples[("runqy_late_replies_total", ())] == 0.0
     assert [k for k in samples if k[0] == "runqy_child_rss_bytes"]
 
 
@@ -220,3 +241,14 @@ def test_a_metrics_port_in_use_fails_start_up_saying_so(logging_worker: Path, st
         with pytest.raises(WorkerStartFailed, match=rf"metrics_port={port}: cannot listen on 127.0.0.1:{port}"):
             worker.wait_ready(30)
         assert worker.wait() == 1
+
+
+def test_the_stats_of_a_batch_handler_say_how_full_its_calls_were() -> None:
+    registry = Registry()
+    registry.task(batch_size=8)(lambda payloads: payloads)
+    with Worker(load_settings(runner_cls="thread", python_workers=2), registry) as worker:
+        worker.map(range(100))
+        stats = worker.stats()
+    assert stats.batched_tasks == 100 and 13 <= stats.batch_calls <= 100
+    assert stats.mean_batch_size == 100 / stats.batch_calls
+    assert f"batches {stats.batch_calls} mean {stats.mean_batch_size:.1f}" in stats.line()

@@ -79,7 +79,7 @@ def test_a_crashing_task_fails_alone_and_the_worker_keeps_serving(any_start_meth
         assert worker.shutdown() == 0
 
 
-def test_a_hung_task_with_a_grandchild_is_answered_within_2s_and_the_grandchild_dies(
+def test_a_hung_task_with_a_grandchild_is_answered_soon_after_its_timeout_and_the_grandchild_dies(
     any_start_method_script: Path, tmp_path: Path
 ) -> None:
     mark = tmp_path / "grandchild.pid"
@@ -88,9 +88,10 @@ def test_a_hung_task_with_a_grandchild_is_answered_within_2s_and_the_grandchild_
         pending = worker.submit(make_request({"do": "hang_with_grandchild", "mark": str(mark)}))
         grandchild = int(wait_for_file(mark))
         assert pending.done.wait(DEADLINE_S) and pending.response is not None
-        assert time.monotonic() - started_at < 2.0
+        # The 0.5 s timeout plus a margin for a busy machine; a task left to hang would take 600 s.
+        assert time.monotonic() - started_at < 0.5 + 2.5
         assert "timed out" in pending.response["error"] and pending.response["retry"] is True
-        assert wait_gone(grandchild, timeout_s=2.0)
+        assert wait_gone(grandchild)
         assert worker.call({"do": "echo", "value": 1}, DEADLINE_S)["error"] is None
         assert worker.shutdown() == 0
 

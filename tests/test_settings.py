@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
-from config_env import flat, isolate, runner_available, write_config, write_pyproject
+from config_env import flat, isolate, write_config, write_pyproject
 
+from runqy.config.catalog import BUILTIN_RUNNERS
 from runqy.config.resolve import describe_settings, load_settings, resolve_settings
+from runqy.config.settings import RUNNER_ALIASES, resolve_runner_class
 from runqy.errors import ConfigError, ConfigWarning
+from runqy.runners.eventloop import AsyncRunner
+from runqy.runners.hybrid import HybridRunner
+from runqy.runners.process import PersistentProcessRunner
+from runqy.runners.sequential import SequentialRunner
+from runqy.runners.thread import ThreadRunner
 
 
 @pytest.fixture(autouse=True)
@@ -97,8 +105,6 @@ def test_python_workers_alone_selects_a_thread_runner_of_that_size(monkeypatch: 
     values, sources = resolved()
     assert (values["runner_cls"], values["runner.max_threads"]) == ("thread", 4)
     assert sources["runner_cls"] == sources["runner.max_threads"] == "env:RUNQY_PYTHON_WORKERS"
-    if not runner_available("thread"):
-        pytest.skip("the thread runner is not on this branch yet; the settings above are what it reads")
     with resolve_settings().build_runner() as runner:
         assert type(runner).__name__ == "ThreadRunner"
         assert runner.capacity == 4
@@ -214,9 +220,38 @@ def test_other_runqy_env_vars_pass_silently(tmp_path: Path, monkeypatch: pytest.
         resolve_settings()
 
 
-def test_load_settings_refuses_a_runner_missing_from_this_installation() -> None:
-    missing = [alias for alias in ("thread", "process", "hybrid") if not runner_available(alias)]
-    if not missing:
-        pytest.skip("every built-in runner is available here")
-    with pytest.raises(ConfigError, match=rf"the '{missing[0]}' runner is not available"):
-        load_settings(runner_cls=missing[0])
+def test_load_settings_refuses_a_built_in_runner_missing_from_this_installation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As a runner whose module a trimmed installation (or an older version) lacks.
+    missing = dataclasses.replace(BUILTIN_RUNNERS["hybrid"], path="runqy.runners.not_installed:HybridRunner")
+    monkeypatch.setitem(BUILTIN_RUNNERS, "hybrid", missing)
+    with pytest.raises(ConfigError, match=r"the 'hybrid' runner is not available yet in this version of runqy"):
+        load_settings(runner_cls="hybrid")
+
+
+#: Each built-in runner by its alias in another case, and by its class name.
+NAMED_RUNNERS = [
+    ("SEQUENTIAL", SequentialRunner),
+    ("Thread", ThreadRunner),
+    ("PROCESS", PersistentProcessRunner),
+    ("HyBrId", HybridRunner),
+    ("Async", AsyncRunner),
+    ("SequentialRunner", SequentialRunner),
+    ("ThreadRunner", ThreadRunner),
+    ("PersistentProcessRunner", PersistentProcessRunner),
+    ("HybridRunner", HybridRunner),
+    ("AsyncRunner", AsyncRunner),
+]
+
+
+@pytest.mark.parametrize(("name", "runner_cls"), NAMED_RUNNERS)
+def test_runner_names_in_any_case_and_class_names_select_the_runner(
+    name: str, runner_cls: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNQY_RUNNER_CLS", name)
+    assert type(load_settings().build_runner()) is runner_cls
+
+
+def test_the_names_above_cover_every_built_in_runner() -> None:
+    assert {runner_cls for _, runner_cls in NAMED_RUNNERS} == {resolve_runner_class(a) for a in RUNNER_ALIASES}

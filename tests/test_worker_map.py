@@ -1,4 +1,4 @@
-"""Worker.map: the handler over payloads in code, results in order, failures as TaskFailed."""
+"""Worker.map: the handler over payloads in code, results in order, failures as TaskFailed (on every runner)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WorkerFactory, behaviours_registry
+from conftest import RUNNERS, WorkerFactory, behaviours_registry
 
 from runqy.config.resolve import load_settings
+from runqy.config.settings import RunqySettings
 from runqy.errors import TaskFailed
 from runqy.worker import Worker
 
 
-def test_results_come_in_input_order() -> None:
-    # Later payloads finish first: the list must still follow the input.
+def settings_of(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> RunqySettings:
+    """The settings that select the runner under test, as its environment would."""
+    for name, value in RUNNERS[runner_name].items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def test_results_come_in_input_order(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Later payloads finish first where tasks run at once: the list must still follow the input.
     payloads = [{"op": "work", "seconds": 0.01 * (8 - n), "n": n} for n in range(8)]
-    with Worker(load_settings(python_workers=4), behaviours_registry()) as worker:
+    with Worker(settings_of(runner_name, monkeypatch), behaviours_registry(runner_name)) as worker:
         results = worker.map(payloads)
     assert results == [{"worked_s": p["seconds"]} for p in payloads]
 
@@ -39,9 +47,9 @@ def test_a_failure_raises_for_the_first_failed_payload_and_stops_reading() -> No
     assert consumed < 10
 
 
-def test_return_exceptions_keeps_failures_in_place() -> None:
+def test_return_exceptions_keeps_failures_in_place(runner_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     payloads = [{"op": "echo", "n": 0}, {"op": "retryable", "message": "later"}, {"op": "echo", "n": 2}]
-    with Worker(load_settings(python_workers=2), behaviours_registry()) as worker:
+    with Worker(settings_of(runner_name, monkeypatch), behaviours_registry(runner_name)) as worker:
         results = worker.map(payloads, return_exceptions=True)
     assert results[0] == payloads[0] and results[2] == payloads[2]
     assert isinstance(results[1], TaskFailed) and results[1].retryable and results[1].response.error == "later"

@@ -9,13 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from runqy.cli.options import add_settings_options, add_task_source_options, read_jsonl, settings_arguments
+from runqy.config.catalog import BUILTIN_RUNNERS
 from runqy.errors import ConfigError
-from runqy.local.bench import available_runners, compare, format_table, measure, recommend
 from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S, WorkerStartFailed
-from runqy.local.timeline import assign_slots, write_svg
 
 __all__ = ["add_bench_command"]
 
@@ -33,7 +30,10 @@ def add_bench_command(commands: Any) -> None:
     add_task_source_options(bench, default_count=200)
     bench.add_argument(
         "--runners",
-        help=f"comma-separated runners to compare (default: every available one of {', '.join(available_runners())})",
+        # The catalog's names: which of them this installation has is known only by importing every runner,
+        # which every `runqy run` would then pay for, since all subcommands are registered at start.
+        help=f"comma-separated runners to compare (default: every one of {', '.join(BUILTIN_RUNNERS)} "
+        "available in this installation)",
     )
     bench.add_argument(
         "--tasks", type=int, metavar="N", help="timed tasks per runner, cycling through the payloads (default 200)"
@@ -46,6 +46,9 @@ def add_bench_command(commands: Any) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    from runqy.local.bench import STATS_INTERVAL_S, compare, format_table, measure, recommend
+    from runqy.local.timeline import assign_slots, write_svg
+
     runners = _runners(args.runners)
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency {args.concurrency}: expected at least 1 request in flight")
@@ -69,6 +72,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
         argv = [sys.executable, "-m", "runqy", "run", args.target, "--runner", name, "--log-level", "INFO"]
         argv += [*settings, *sizing]
+        if "--stats-interval-s" not in settings:
+            # Its stats line at exit tells how full the batch handler's calls were.
+            argv += ["--stats-interval-s", str(STATS_INTERVAL_S)]
         try:
             result = measure(
                 name,
@@ -104,6 +110,8 @@ def _sized_to_window(runner: str, args: argparse.Namespace) -> list[str]:
     if runner == "thread" and options.get("setting:runner.max_threads") is None:
         return ["--max-threads", str(args.concurrency)]
     if runner == "hybrid" and options.get("setting:runner.threads_per_process") is None:
+        import psutil
+
         processes = options.get("setting:runner.num_processes") or psutil.cpu_count(logical=False) or 1
         return ["--threads-per-process", str(max(1, math.ceil(args.concurrency / processes)))]
     return []
@@ -114,6 +122,8 @@ def _is_request(item: Any) -> bool:
 
 
 def _runners(option: str | None) -> list[str]:
+    from runqy.local.bench import available_runners
+
     available = available_runners()
     if option is None:
         return available

@@ -7,8 +7,6 @@ import json
 from typing import Any
 
 from runqy.cli.options import add_settings_options, settings_overrides
-from runqy.config.provenance import DEFAULT, describe_origin
-from runqy.config.resolve import describe_settings
 
 __all__ = ["add_config_command", "format_report"]
 
@@ -31,6 +29,9 @@ def add_config_command(commands: Any) -> None:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    # Imported here: every other subcommand, `runqy run` first, starts without pydantic-settings.
+    from runqy.config.resolve import describe_settings
+
     report = describe_settings(settings_overrides(args), code_origin="cli")
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -38,6 +39,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def format_report(report: dict[str, Any]) -> str:
     """The report of :func:`~runqy.config.resolve.describe_settings` as an aligned table."""
+    from runqy.config.provenance import DEFAULT, describe_origin
+
     runner = report["runner"]
     caps = runner["capabilities"]
     lines = [

@@ -31,8 +31,30 @@ _ALIASES = {"runner_cls": ["--runner"], "python_workers": ["--workers"]}
 DEFAULT_PAYLOAD = '{"text": "the quick brown fox jumps over the lazy dog"}'
 
 
+_SETTING = "setting:"
+
+
+class _SettingsHelpFormatter(argparse.HelpFormatter):
+    """Puts each setting's description before its variable, read only when help is shown.
+
+    Reading the descriptions parses the settings' source, which every ``runqy run``
+    would otherwise pay for before its worker starts.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = super()._get_help_string(action)
+        if not action.dest.startswith(_SETTING):
+            return help_text
+        from runqy.config.descriptions import setting_descriptions
+
+        description = setting_descriptions().get(action.dest.removeprefix(_SETTING), "")
+        # As plain text; argparse formats help with %, so a literal % is doubled.
+        return f"{description.replace('``', '').replace('%', '%%')} {help_text}".lstrip()
+
+
 def add_settings_options(parser: argparse.ArgumentParser) -> None:
     """One option per settings field, so the command line can set anything a TOML file can."""
+    parser.formatter_class = _SettingsHelpFormatter
     group = parser.add_argument_group("settings (win over RUNQY_* variables and TOML files)")
     for prefix, fields in (("", RunqySettings.model_fields), ("runner.", RunnerOptions.model_fields)):
         for name, info in fields.items():
@@ -42,12 +64,12 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
             kind, choices = _option_type(info)
             group.add_argument(
                 *flags,
-                dest=f"setting:{prefix}{name}",
+                dest=f"{_SETTING}{prefix}{name}",
                 type=kind,
                 choices=choices,
                 default=None,
                 metavar=name.upper(),
-                help=_help(info, env_var(prefix + name)),
+                help=f"[{env_var(prefix + name)}]",
             )
 
 
@@ -55,9 +77,9 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line, shaped as keyword arguments of RunqySettings."""
     overrides: dict[str, Any] = {}
     for dest, value in vars(args).items():
-        if not dest.startswith("setting:") or value is None:
+        if not dest.startswith(_SETTING) or value is None:
             continue
-        path = dest.removeprefix("setting:").split(".")
+        path = dest.removeprefix(_SETTING).split(".")
         target = overrides
         for part in path[:-1]:
             target = target.setdefault(part, {})
@@ -69,8 +91,8 @@ def settings_arguments(args: argparse.Namespace) -> list[str]:
     """The same settings as command-line arguments, to pass them on to ``runqy run``."""
     argv: list[str] = []
     for dest, value in vars(args).items():
-        if dest.startswith("setting:") and value is not None:
-            argv += [f"--{dest.removeprefix('setting:').rpartition('.')[2].replace('_', '-')}", str(value)]
+        if dest.startswith(_SETTING) and value is not None:
+            argv += [f"--{dest.removeprefix(_SETTING).rpartition('.')[2].replace('_', '-')}", str(value)]
     return argv
 
 
@@ -85,11 +107,6 @@ def _option_type(info: FieldInfo) -> tuple[Any, list[str] | None]:
 
 def _is_union(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType)
-
-
-def _help(info: FieldInfo, env_var: str) -> str:
-    """The field's own description (its docstring in runqy.config.settings), as plain text, and its variable."""
-    return f"{(info.description or '').replace('``', '')} [{env_var}]".lstrip()
 
 
 def add_task_source_options(parser: argparse.ArgumentParser, default_count: int) -> None:

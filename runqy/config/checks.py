@@ -10,7 +10,6 @@ them into errors with the usual warning filters.
 
 from __future__ import annotations
 
-import difflib
 import sys
 import warnings
 from collections.abc import Mapping
@@ -18,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pydantic
-import pydantic_settings
 from pydantic import BaseModel
 
 from runqy.config.catalog import BUILTIN_RUNNERS, RUNNER_SPECIFIC_FIELDS, RunnerSpec, find_builtin, import_runner
@@ -44,9 +41,9 @@ DERIVED_FROM = {"runner_cls": "python_workers", "runner.max_threads": "python_wo
 #: ``RUNQY_*`` variables that are not settings but that runqy itself reads.
 NON_SETTING_ENV_VARS = frozenset({"RUNQY_CONFIG", "RUNQY_CHILD_PROCESS"})
 
-_INTERNAL_PREFIXES = tuple(
-    str(Path(str(path)).parent) for path in (__file__, pydantic.__file__, pydantic_settings.__file__)
-)
+#: The packages whose frames stand between a warning and the code that built the settings
+#: (pydantic-settings only when it was imported: it is not, for settings given in code alone).
+_INTERNAL_PACKAGES = ("runqy.config", "pydantic", "pydantic_settings")
 
 # A more useful fix than "remove it" for options that are often confused.
 _HINTS = {
@@ -187,8 +184,13 @@ def caller_stacklevel() -> int:
     The warning then points at the user's ``run()`` or builder call rather than at
     pydantic's validation machinery.
     """
+    prefixes = tuple(
+        str(Path(str(module.__file__)).parent)
+        for module in map(sys.modules.get, _INTERNAL_PACKAGES)
+        if module is not None and module.__file__ is not None
+    )
     level, frame = 1, sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_PREFIXES):
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(prefixes):
         level, frame = level + 1, frame.f_back
     return level
 
@@ -206,6 +208,8 @@ def check_environment(environ: Mapping[str, str], known: set[str]) -> None:
             continue  # nested names (RUNQY_RUNNER__X) are validated by the settings model itself
         if upper.removeprefix("RUNQY_").lower() in known:
             continue
+        import difflib  # only for a RUNQY_* name that is no setting
+
         close = difflib.get_close_matches(upper, [f"RUNQY_{field.upper()}" for field in known], n=1, cutoff=0.8)
         if close:
             warnings.warn(

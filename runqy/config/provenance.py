@@ -1,7 +1,7 @@
 """Where each setting came from, found by asking every pydantic-settings source what it provides.
 
 The sources are the very objects settings resolution uses (see
-:func:`runqy.config.settings.file_sources`); each is called and returns the values it
+:func:`runqy.config.sources.file_sources`); each is called and returns the values it
 holds, so nothing here parses a file or the environment a second time.
 
 An origin is a short string: ``code``, ``cli``, ``env:RUNQY_NAME``, ``config:PATH``
@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from pydantic_settings import EnvSettingsSource, InitSettingsSource
 
 from runqy.config.checks import DERIVED_FROM
-from runqy.config.settings import RunnerOptions, RunqySettings, env_var, file_sources
+from runqy.config.settings import RunnerOptions, RunqySettings, env_var
+from runqy.config.sources import SettingsFromSources, file_sources
 from runqy.errors import ConfigError
 
 __all__ = ["DEFAULT", "Layer", "describe_errors", "describe_origin", "origins", "source_layers"]
@@ -33,9 +34,9 @@ Layer = dict[str, str]
 
 def source_layers(overrides: Mapping[str, Any], *, code_origin: str = "code") -> list[Layer]:
     """Every source's dotted keys with their origin, highest precedence first."""
-    code = InitSettingsSource(RunqySettings, init_kwargs=dict(overrides))()
+    code = InitSettingsSource(SettingsFromSources, init_kwargs=dict(overrides))()
     layers = [dict.fromkeys(_flatten(code), code_origin), _env_layer()]
-    for origin, source in file_sources(RunqySettings):
+    for origin, source in file_sources(SettingsFromSources):
         layers.append(dict.fromkeys(_flatten(source()), origin))
     return layers
 
@@ -43,7 +44,7 @@ def source_layers(overrides: Mapping[str, Any], *, code_origin: str = "code") ->
 def _env_layer() -> Layer:
     names = {name.upper(): name for name in os.environ}
     layer: Layer = {}
-    for dotted in _flatten(EnvSettingsSource(RunqySettings)()):
+    for dotted in _flatten(EnvSettingsSource(SettingsFromSources)()):
         parts = dotted.split(".")
         # RUNQY_RUNNER__MAX_THREADS, or the whole table as JSON in RUNQY_RUNNER.
         for candidate in (env_var(dotted), env_var(parts[0])):

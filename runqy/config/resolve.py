@@ -1,9 +1,14 @@
 """Settings resolved from every source and checked, each error and warning naming where its value came from.
 
-:mod:`runqy.config.settings` defines the model and its sources; this module builds it
-from them (``resolve_settings``, ``load_settings``) and, through
-:mod:`runqy.config.provenance`, says which source set each field when a value is
-wrong or ignored, and for ``runqy config``.
+:mod:`runqy.config.settings` defines the model and :mod:`runqy.config.sources` its
+sources; this module builds it from them (``resolve_settings``, ``load_settings``) and,
+through :mod:`runqy.config.provenance`, says which source set each field when a value
+is wrong or ignored, and for ``runqy config``.
+
+When no source outside the code has anything to say (:mod:`runqy.config.presence`),
+pydantic builds the settings from the defaults and the code's values alone, and
+pydantic-settings is not imported. Should that fail or warn, the full resolution runs
+instead and reports it, so errors and warnings are the same either way.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from runqy.config.checks import caller_stacklevel, check_environment, resolve_runner
-from runqy.config.provenance import describe_errors, describe_origin, origin_of, origins, source_layers
+from runqy.config.presence import outside_sources
 from runqy.config.settings import RunqySettings
 from runqy.errors import ConfigError, ConfigWarning
 
@@ -31,12 +36,45 @@ def resolve_settings(overrides: Mapping[str, Any] | None = None, *, code_origin:
     field and the source (file, environment variable or code) it came from.
     """
     overrides = dict(overrides or {})
-    check_environment(os.environ, set(RunqySettings.model_fields))
-    # Held back and issued again below with the source of each field, which only this level knows.
+    fields = set(RunqySettings.model_fields)
+    check_environment(os.environ, fields)
+    if not outside_sources(fields):
+        settings = _from_code_alone(overrides)
+        if settings is not None:
+            return settings
+    return _from_every_source(overrides, code_origin)
+
+
+def _from_code_alone(overrides: dict[str, Any]) -> RunqySettings | None:
+    """The settings when nothing outside the code sets any: the defaults and ``overrides``, by pydantic alone.
+
+    None when they are invalid or warned about: only the full resolution knows the
+    source of each value, which its messages name.
+    """
+    settings: RunqySettings | None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
         try:
             settings = RunqySettings(**overrides)
+        except ValidationError:
+            settings = None
+    for record in caught:
+        if issubclass(record.category, ConfigWarning):
+            settings = None  # issued by the full resolution, with the source of each field
+        else:  # another library's warning, raised once while validating: passed on as it was
+            warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+    return settings
+
+
+def _from_every_source(overrides: dict[str, Any], code_origin: str) -> RunqySettings:
+    from runqy.config.provenance import describe_errors
+    from runqy.config.sources import settings_from_sources
+
+    # Held back and issued again below with the source of each field, which only this level knows.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        try:
+            settings = settings_from_sources(overrides)
         except ValidationError as exc:
             message, fields = describe_errors(exc, overrides, code_origin=code_origin)
             raise ConfigError(message, fields=fields) from exc
@@ -47,6 +85,8 @@ def resolve_settings(overrides: Mapping[str, Any] | None = None, *, code_origin:
 def _issue_again(caught: list[warnings.WarningMessage], overrides: dict[str, Any], code_origin: str) -> None:
     if not caught:
         return
+    from runqy.config.provenance import describe_origin, origin_of, source_layers
+
     layers = source_layers(overrides, code_origin=code_origin)
     for record in caught:
         warning = record.message
@@ -74,6 +114,8 @@ def describe_settings(overrides: Mapping[str, Any] | None = None, *, code_origin
     This is what ``runqy config --json`` prints. It does not need the runner's module:
     ``runner.available`` says whether it can be imported here.
     """
+    from runqy.config.provenance import origins, source_layers
+
     overrides = dict(overrides or {})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)

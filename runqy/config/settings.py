@@ -4,6 +4,11 @@ Precedence, highest first: values given in code, ``RUNQY_*`` environment variabl
 (nested fields with ``__``), the TOML file named by ``RUNQY_CONFIG``, ``[tool.runqy]``
 in the ``pyproject.toml`` of the current directory (the worker's repository when the
 Go worker starts it), then the defaults below.
+
+The model itself is plain pydantic; reading those sources is the business of
+:mod:`runqy.config.sources` (pydantic-settings), imported only when one of them has
+something to say, since importing pydantic-settings alone takes longer than a
+runqy-python worker takes to start.
 """
 
 from __future__ import annotations
@@ -13,13 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    PyprojectTomlConfigSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
 from runqy.attempts import RetryPolicy, resolve_exception
 from runqy.config.catalog import BUILTIN_RUNNERS, import_runner
@@ -36,19 +34,22 @@ __all__ = [
     "RUNNER_ALIASES",
     "RunnerOptions",
     "RunqySettings",
+    "ENV_NESTED_DELIMITER",
+    "ENV_PREFIX",
     "env_var",
-    "file_sources",
     "resolve_runner_class",
 ]
 
 #: The environment variable naming a TOML settings file.
 CONFIG_ENV_VAR = "RUNQY_CONFIG"
+#: Environment variables of settings start with this; nested fields are joined by the delimiter.
+ENV_PREFIX = "RUNQY_"
+ENV_NESTED_DELIMITER = "__"
 
 
 def env_var(dotted: str) -> str:
     """The environment variable of a setting: ``runner.max_threads`` -> ``RUNQY_RUNNER__MAX_THREADS``."""
-    config = RunqySettings.model_config
-    return f"{config['env_prefix']}{dotted.replace('.', config['env_nested_delimiter'] or '__')}".upper()
+    return f"{ENV_PREFIX}{dotted.replace('.', ENV_NESTED_DELIMITER)}".upper()
 
 
 #: Short names accepted by ``runner_cls``, and the class each stands for.
@@ -58,7 +59,8 @@ RUNNER_ALIASES: dict[str, str] = {alias: spec.path for alias, spec in BUILTIN_RU
 class RunnerOptions(BaseModel):
     """Options of the runner itself: the ``[tool.runqy.runner]`` table, ``RUNQY_RUNNER__*`` in the environment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # The docstrings below describe each option, read on demand (runqy.config.descriptions).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_threads: int | None = Field(default=None, ge=1)
     """Threads of the thread runner (default ``min(32, cpu_count + 4)``)."""
@@ -72,17 +74,17 @@ class RunnerOptions(BaseModel):
     """Coroutines the async runner keeps running at once on its event loop."""
 
 
-class RunqySettings(BaseSettings):
-    """Every setting of a runqy worker. Unknown keys are errors, never silently ignored."""
+class RunqySettings(BaseModel):
+    """Every setting of a runqy worker. Unknown keys are errors, never silently ignored.
 
-    model_config = SettingsConfigDict(
-        env_prefix="RUNQY_",
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-        pyproject_toml_table_header=("tool", "runqy"),
-        use_attribute_docstrings=True,  # the docstrings below become field descriptions (CLI help)
-    )
+    Built by :func:`runqy.config.resolve.resolve_settings` from every source. Its
+    configuration is that of a pydantic-settings model (defaults validated too), so a
+    worker with nothing to read outside its code gets the very values and errors it
+    would get through :mod:`runqy.config.sources`.
+    """
+
+    # The docstrings below describe each setting (``runqy run --help``), read on demand.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     runner_cls: str | None = None
     """Which runner runs the tasks: an alias, a class name or ``"package.module:Class"``."""
@@ -127,17 +129,6 @@ class RunqySettings(BaseSettings):
     runner: RunnerOptions = RunnerOptions()
     """Options of the runner itself: the ``[tool.runqy.runner]`` table."""
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, *(source for _, source in file_sources(settings_cls)))
-
     @model_validator(mode="after")
     def _check_combination(self) -> Self:
         # Runs while the settings are built, so a bad combination fails before any runner starts.
@@ -178,30 +169,6 @@ class RunqySettings(BaseSettings):
             self.max_abandoned_threads,
             tuple(resolve_exception(name) for name in self.retry_exceptions),
         )
-
-
-def file_sources(settings_cls: type[BaseSettings]) -> list[tuple[str, PydanticBaseSettingsSource]]:
-    """The TOML sources, highest first, each with its origin (``config:PATH``, ``pyproject:PATH``).
-
-    Settings resolution and ``runqy config`` both read the files through this one
-    function, so what is reported is what is used.
-    """
-    sources: list[tuple[str, PydanticBaseSettingsSource]] = []
-    config_file = config_file_path()
-    if config_file is not None:
-        sources.append((f"config:{config_file}", _read_toml(config_file, TomlConfigSettingsSource, settings_cls)))
-    pyproject = Path.cwd() / "pyproject.toml"
-    sources.append((f"pyproject:{pyproject}", _read_toml(pyproject, PyprojectTomlConfigSettingsSource, settings_cls)))
-    return sources
-
-
-def _read_toml(
-    path: Path, source: type[TomlConfigSettingsSource], settings_cls: type[BaseSettings]
-) -> PydanticBaseSettingsSource:
-    try:
-        return source(settings_cls, path)
-    except ValueError as exc:  # tomllib.TOMLDecodeError (tomli's on Python 3.10) is a ValueError
-        raise ConfigError(f"{path}: not valid TOML: {exc}; fix the syntax of that file") from exc
 
 
 def config_file_path() -> Path | None:

@@ -9,6 +9,8 @@ list of them into what ``runqy bench`` prints.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -36,6 +38,10 @@ _WHY: Final = {
 }
 # The worker logs ``ready: <SomeRunner capacity=N ...>``: how many tasks it runs at once.
 _CAPACITY = re.compile(r"ready: <\w+ capacity=(\d+)\b")
+# A stats line of a batch handler's worker ends ``batches CALLS mean SIZE``; in JSON, the fields.
+_BATCHES = re.compile(r"\bstats \S+: .* batches (\d+) mean ([\d.]+)")
+#: The bench asks the worker for a stats line this often: in effect only the one it logs at exit.
+STATS_INTERVAL_S: Final = 86_400
 
 
 @dataclass
@@ -52,6 +58,8 @@ class BenchResult:
     outcomes: list[Outcome] = field(default_factory=list, repr=False)
     #: Filled in by :func:`compare` against the sequential runner's throughput.
     speedup: float | None = None
+    #: Tasks per handler call over the whole run, warm-up included; None unless the handler batches.
+    mean_batch_size: float | None = None
 
     @property
     def cpu_percent(self) -> float:
@@ -105,7 +113,23 @@ def measure(
         usage = sampler.stop()
         summary.exit_code = worker.shutdown("close-stdin")
         capacity = next((int(m.group(1)) for line in worker.stderr_lines if (m := _CAPACITY.search(line))), None)
-    return BenchResult(name, summary, usage, capacity, concurrency, outcomes)
+        batch_size = mean_batch_size(worker.stderr_lines)
+    return BenchResult(name, summary, usage, capacity, concurrency, outcomes, mean_batch_size=batch_size)
+
+
+def mean_batch_size(stderr_lines: Sequence[str]) -> float | None:
+    """Tasks per handler call, from the worker's stats lines (text or JSON); None when it did not batch."""
+    calls = tasks = 0.0
+    for line in stderr_lines:
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                document = json.loads(line)
+                if isinstance(document, dict) and document.get("event") == "stats":
+                    calls += document.get("batch_calls", 0)
+                    tasks += document.get("batched_tasks", 0)
+        elif m := _BATCHES.search(line):
+            calls, tasks = calls + int(m.group(1)), tasks + int(m.group(1)) * float(m.group(2))
+    return tasks / calls if calls else None
 
 
 def compare(results: list[BenchResult], baseline: str = "sequential") -> None:
@@ -135,7 +159,9 @@ def recommend(results: list[BenchResult]) -> str:
 
 def format_table(results: list[BenchResult]) -> str:
     """The comparison as an aligned text table."""
-    header = ("runner", "tasks/s", "p50 ms", "p99 ms", "speed-up", "CPU %", "procs", "peak RSS/proc", "failed", "lost")
+    header: tuple[str, ...] = ("runner", "tasks/s", "p50 ms", "p99 ms", "speed-up", "CPU %", "procs", "peak RSS/proc")
+    batched = any(r.mean_batch_size is not None for r in results)
+    header += ("batch", "failed", "lost") if batched else ("failed", "lost")
     rows = [header]
     for r in results:
         failed = r.summary.count("failed") + r.summary.count("retryable")
@@ -149,6 +175,7 @@ def format_table(results: list[BenchResult]) -> str:
                 f"{r.cpu_percent:.0f}",
                 str(r.usage.processes),
                 f"{r.usage.peak_rss_bytes / 2**20:.1f} MiB",
+                *(() if not batched else ("-" if r.mean_batch_size is None else f"{r.mean_batch_size:.1f}",)),
                 str(failed),
                 str(r.summary.count("lost")),
             )

@@ -67,10 +67,26 @@ class _Collector:
         yield CounterMetricFamily(
             "runqy_threads_abandoned", "Threads abandoned after their attempt timed out.", value=tally.abandoned
         )
+        yield CounterMetricFamily(
+            "runqy_duplicate_replies",
+            "Second answers the runner gave for a task, dropped: a runner bug.",
+            value=tally.duplicate_replies,
+        )
+        yield CounterMetricFamily(
+            "runqy_late_replies", "Answers after shutdown gave up on their task, dropped.", value=tally.late_replies
+        )
         restarts = CounterMetricFamily("runqy_child_restarts", "Child processes replaced, by cause.", labels=["cause"])
         for cause, count in sorted(tally.child_restarts.items()):
             restarts.add_metric([cause], count)
         yield restarts
+        yield CounterMetricFamily(
+            "runqy_batch_calls",
+            "Calls of a batch handler (tasks per call: batch_tasks / batch_calls).",
+            value=tally.batch_calls,
+        )
+        yield CounterMetricFamily(
+            "runqy_batch_tasks", "Tasks carried by batch handler calls.", value=tally.batched_tasks
+        )
         rss = GaugeMetricFamily(
             "runqy_child_rss_bytes", "Resident memory of each child process with its descendants.", labels=["pid"]
         )

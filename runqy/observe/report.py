@@ -43,6 +43,13 @@ class WorkerStats:
     child_restarts: dict[str, int]
     #: Resident memory of each child process with its descendants, by pid.
     child_rss_bytes: dict[int, int]
+    #: Second answers the runner gave for a task, dropped: always 0 unless the runner has a bug.
+    duplicate_replies: int = 0
+    #: Answers that came after shutdown had given up on their task, dropped.
+    late_replies: int = 0
+    #: Calls of a batch handler (``@task(batch_size=...)``), and the tasks they carried.
+    batch_calls: int = 0
+    batched_tasks: int = 0
 
     @property
     def answered(self) -> int:
@@ -52,16 +59,22 @@ class WorkerStats:
     def tasks_per_s(self) -> float:
         return self.answered / self.period_s if self.period_s > 0 else 0.0
 
+    @property
+    def mean_batch_size(self) -> float | None:
+        """Tasks per batch handler call; None when the handler was not called in batches."""
+        return self.batched_tasks / self.batch_calls if self.batch_calls else None
+
     def line(self) -> str:
         """The stats line: one line, every figure named."""
         outcomes = " ".join(f"{outcome} {self.outcomes.get(outcome, 0)}" for outcome in OUTCOMES)
         restarts = " ".join(f"{cause}={n}" for cause, n in sorted(self.child_restarts.items()) if n) or "0"
         rss = " ".join(f"{pid}={n / 2**20:.0f}MiB" for pid, n in sorted(self.child_rss_bytes.items())) or "-"
+        batches = "" if self.mean_batch_size is None else f" batches {self.batch_calls} mean {self.mean_batch_size:.1f}"
         return (
             f"stats {self.period_s:.0f}s: done {self.answered} {outcomes} retried {self.retried} "
             f"{self.tasks_per_s:.1f} tasks/s p50 {_ms(self.duration_p50_s)} p99 {_ms(self.duration_p99_s)} "
             f"in_flight {self.in_flight}/{self.capacity} abandoned {self.abandoned_threads} "
-            f"child_restarts {restarts} child_rss {rss}"
+            f"child_restarts {restarts} child_rss {rss} duplicate_replies {self.duplicate_replies}{batches}"
         )
 
 
@@ -79,11 +92,15 @@ def collect_stats(tally: Tally, period_s: float, runner: Runner | None, in_fligh
         abandoned_threads=runner.abandoned_attempts if runner is not None else 0,
         child_restarts=tally.child_restarts,
         child_rss_bytes=runner.child_memory() if runner is not None else {},
+        duplicate_replies=tally.duplicate_replies,
+        late_replies=tally.late_replies,
+        batch_calls=tally.batch_calls,
+        batched_tasks=tally.batched_tasks,
     )
 
 
 class StatsReporter:
-    """Logs a stats line on ``runqy.stats`` every ``interval_s``, about that interval, until stopped."""
+    """Logs a stats line on ``runqy.stats`` every ``interval_s``, about that interval, and a last one when stopped."""
 
     def __init__(self, telemetry: Telemetry, runner: Runner, in_flight: Callable[[], int], interval_s: float) -> None:
         self._telemetry = telemetry
@@ -102,17 +119,25 @@ class StatsReporter:
 
     def _report(self) -> None:
         before, since = self._telemetry.tally(), time.monotonic()
-        while not self._stopped.wait(self._interval_s):
+        while True:
+            stopping = self._stopped.wait(self._interval_s)
             now_tally, now = self._telemetry.tally(), time.monotonic()
-            try:
-                stats = collect_stats(now_tally.minus(before), now - since, self._runner, self._in_flight())
-                record = stats_log.makeRecord(stats_log.name, logging.INFO, __file__, 0, stats.line(), (), None)
-                record.runqy_event = "stats"
-                record.runqy_fields = _fields(stats)
-                stats_log.handle(record)
-            except Exception:  # noqa: BLE001 - a figure that cannot be read must not end the reports
-                stats_log.exception("cannot report the worker's stats")
+            # The last line covers the time since the previous one: what the worker did
+            # before it exited is not lost between two intervals.
+            self._log(now_tally.minus(before), now - since)
+            if stopping:
+                return
             before, since = now_tally, now
+
+    def _log(self, tally: Tally, period_s: float) -> None:
+        try:
+            stats = collect_stats(tally, period_s, self._runner, self._in_flight())
+            record = stats_log.makeRecord(stats_log.name, logging.INFO, __file__, 0, stats.line(), (), None)
+            record.runqy_event = "stats"
+            record.runqy_fields = _fields(stats)
+            stats_log.handle(record)
+        except Exception:  # noqa: BLE001 - a figure that cannot be read must not end the reports
+            stats_log.exception("cannot report the worker's stats")
 
 
 def _fields(stats: WorkerStats) -> dict[str, object]:
@@ -129,6 +154,10 @@ def _fields(stats: WorkerStats) -> dict[str, object]:
         "abandoned_threads": stats.abandoned_threads,
         "child_restarts": stats.child_restarts,
         "child_rss_bytes": {str(pid): n for pid, n in stats.child_rss_bytes.items()},
+        "duplicate_replies": stats.duplicate_replies,
+        "late_replies": stats.late_replies,
+        "batch_calls": stats.batch_calls,
+        "batched_tasks": stats.batched_tasks,
     }
 
 

@@ -1,7 +1,8 @@
 """What runners tell about tasks, counted cheaply enough for the hot path, and logged when it matters.
 
 A runner calls its observer once per answered task (:meth:`TaskObserver.finished`), once
-per local retry, once per abandoned thread and once per replaced child. :class:`Telemetry`
+per local retry, once per abandoned thread and once per replaced child; the serving loop
+calls it for each second answer it drops. :class:`Telemetry`
 counts these and writes a line for each task that went wrong or was slow::
 
     any thread ── finished() ──> its own shard: counts by (type, outcome), duration histogram
@@ -107,6 +108,12 @@ class TaskObserver:
     def child_restarted(self, cause: str) -> None:
         """A child process is replaced: ``crashed``, ``timeout``, ``memory``, ``max_tasks`` or ``abandoned_threads``."""
 
+    def reply_dropped(self, task_id: str, *, late: bool) -> None:
+        """A second answer for a task was dropped: ``late`` after shutdown gave up on it, else a runner bug."""
+
+    def batch_called(self, tasks: int) -> None:
+        """A batch handler is called with ``tasks`` tasks (called once per call, retries included)."""
+
 
 @dataclass
 class Tally:
@@ -119,6 +126,13 @@ class Tally:
     retried: dict[str, int] = field(default_factory=dict)
     abandoned: int = 0
     child_restarts: dict[str, int] = field(default_factory=dict)
+    #: Answers dropped because the runner had answered their task already: 0 unless a runner is broken.
+    duplicate_replies: int = 0
+    #: Answers dropped because shutdown had given up on their task (answered it ``retry: true``).
+    late_replies: int = 0
+    #: Calls of a batch handler, and the tasks they carried (their ratio is the mean batch size).
+    batch_calls: int = 0
+    batched_tasks: int = 0
 
     def by_outcome(self) -> dict[str, int]:
         totals = dict.fromkeys(OUTCOMES, 0)
@@ -151,6 +165,10 @@ class Tally:
             retried={t: n - earlier.retried.get(t, 0) for t, n in self.retried.items()},
             abandoned=self.abandoned - earlier.abandoned,
             child_restarts={c: n - earlier.child_restarts.get(c, 0) for c, n in self.child_restarts.items()},
+            duplicate_replies=self.duplicate_replies - earlier.duplicate_replies,
+            late_replies=self.late_replies - earlier.late_replies,
+            batch_calls=self.batch_calls - earlier.batch_calls,
+            batched_tasks=self.batched_tasks - earlier.batched_tasks,
         )
 
 
@@ -215,11 +233,15 @@ class Telemetry(TaskObserver):
         self.started_at = time.monotonic()
         self._local = threading.local()
         self._shards: list[_Shard] = []
-        # For the rare events only (a new thread's shard, retries, abandons, restarts).
+        # For the rare events only (a new thread's shard, retries, abandons, restarts, dropped replies).
         self._lock = threading.Lock()
         self._retried: collections.Counter[str] = collections.Counter()
         self._abandoned = 0
         self._restarts: collections.Counter[str] = collections.Counter()
+        self._duplicate_replies = 0
+        self._late_replies = 0
+        self._batch_calls = 0
+        self._batched_tasks = 0
 
     def finished(
         self,
@@ -264,11 +286,32 @@ class Telemetry(TaskObserver):
         with self._lock:
             self._restarts[cause] += 1
 
+    def reply_dropped(self, task_id: str, *, late: bool) -> None:
+        with self._lock:
+            if late:
+                self._late_replies += 1
+            else:
+                self._duplicate_replies += 1
+
+    def batch_called(self, tasks: int) -> None:
+        # Once per call, not per task: the lock costs little beside a handler call.
+        with self._lock:
+            self._batch_calls += 1
+            self._batched_tasks += tasks
+
     def tally(self) -> Tally:
         """The counts since start, summed over every thread's shard."""
         with self._lock:
             shards = list(self._shards)
-            tally = Tally(retried=dict(self._retried), abandoned=self._abandoned, child_restarts=dict(self._restarts))
+            tally = Tally(
+                retried=dict(self._retried),
+                abandoned=self._abandoned,
+                child_restarts=dict(self._restarts),
+                duplicate_replies=self._duplicate_replies,
+                late_replies=self._late_replies,
+                batch_calls=self._batch_calls,
+                batched_tasks=self._batched_tasks,
+            )
         for shard in shards:
             # dict() and list() of a dict or list run in C without releasing the GIL: each
             # copy is consistent even while the shard's thread goes on counting.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 
 from runqy.attempts import RetryPolicy
 from runqy.batching import BatchSpec
+from runqy.observe.telemetry import TaskObserver
 from runqy.runners._children import ChildProcess, ChildState, Job
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class Dispatcher:
     limits: Limits
     children: list[ChildProcess]
     supervisor: ChildSupervisor | None
+    observer: TaskObserver
     _pending: collections.deque[Job]
     _seq: Iterator[int]
     #: Recent task duration in the children (a moving average), None before the first answer.
@@ -177,7 +179,9 @@ class Dispatcher:
                     del child.inflight[job.seq]
                 child.state = ChildState.DOOMED
                 self._pending.extendleft(reversed(jobs))
-            elif deadline is not None:
+                continue
+            self.observer.batch_called(len(jobs))
+            if deadline is not None:
                 self._wake_if_sooner(deadline)
 
     def _free_child_locked(self, *, isolated: bool) -> ChildProcess | None:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from runqy.config.settings import RunqySettings
+    from runqy.inline import InlineThread
 
 __all__ = ["Capabilities", "Reply", "Runner"]
 
@@ -83,12 +84,12 @@ class Runner(ABC):
         for request, reply in tasks:
             self.submit(request, reply)
 
-    def inline_runner(self) -> Callable[[TaskRequest, Reply], object] | None:
-        """A function that runs one task to its end in the calling thread and answers it, or None.
+    def inline_thread(self) -> InlineThread | None:
+        """The one thread that runs ``@load`` and every task of this started runner, if it has one.
 
-        Only for a started runner that runs one task at a time in this process, with
-        nothing that could abandon the calling thread (no time limit). The serving loop
-        then runs quick tasks in the thread that read them (see :mod:`runqy.inline`).
+        The serving loop then reads stdin on that thread between tasks and runs each
+        task where it was read (see :mod:`runqy.inline`). Only for a runner that runs
+        one task at a time in this process with nothing that could abandon a thread.
         """
         return None
 

@@ -9,6 +9,8 @@ default) requests are in flight with no thread per task::
     event loop: _admit ──> a task per request, up to max_concurrency; the rest wait in the backlog
                   _serve: attempt ──> timed out? cancel it, retry at once ──> backoff (asyncio.sleep) ──> ...
                           └─> reply(response) on the loop thread ──> ProtocolChannel (the writer coalesces)
+    batch handler: _admit ──> WaitingBatches ──> a free slot takes a batch (BatchSpec) ──> _serve_batch:
+                  one call, one slot ──> each task answered, or back in the queue after its backoff
 
 Everything on the right of the arrow runs on the loop thread, so the runner's state
 (running tasks, backlog) needs no lock. ``@load`` runs on the same loop before the
@@ -18,8 +20,10 @@ A plain ``def`` handler is refused at start, unless it is registered with
 ``@task(offload=True)``: then each attempt runs in a bounded thread pool beside the
 loop, and a timed-out attempt is abandoned like on the thread runner.
 
-Batching would plug in at :meth:`AsyncRunner._admit`: a batch of requests becomes one
-``_serve``-like coroutine that answers each of them, with the same admission count.
+A batch handler's calls each take one of the ``max_concurrency`` slots, whatever their
+size (for an offloaded one, at most one per pool thread, so that batches form while
+the threads are busy rather than queueing in the pool one task each). Batches form by
+the rule of every runner (:mod:`runqy.batching`), in :mod:`runqy.runners._waiting_batches`.
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, ClassVar, Final
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar
 
 from runqy.aio import EventLoopThread
 from runqy.app import BoundHandler, Registry, failure_response
-from runqy.attempts import RetryPolicy, outcome_of, timed_out
+from runqy.attempts import RetryPolicy, settle, timed_out
+from runqy.batch_attempts import BatchItem
 from runqy.errors import HandlerUnsupported, RunnerClosed
 from runqy.protocol import TaskRequest, TaskResponse
+from runqy.runners._waiting_batches import WaitingBatches
 from runqy.runners.base import Capabilities, Reply, Runner
 from runqy.runners.thread import default_max_threads
 
@@ -50,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["AsyncRunner", "new_event_loop"]
 
 log = logging.getLogger("runqy")
+
+T = TypeVar("T")
 
 #: How long a cancelled attempt may take to stop before it counts as abandoned. A coroutine
 #: that awaits stops within one turn of the loop; one that swallows the cancellation does not.
@@ -82,7 +90,8 @@ class AsyncRunner(Runner):
     """Runs up to ``max_concurrency`` tasks at once as coroutines on one event loop, with one ``@load`` context.
 
     For ``async def`` handlers that wait (network calls). A timed-out attempt is
-    cancelled and stops at its next ``await``; its retry starts at once.
+    cancelled and stops at its next ``await``; its retry starts at once. For a batch
+    handler, ``max_concurrency`` bounds the calls at once, each of up to ``batch_size`` tasks.
     """
 
     # A coroutine that never awaits (or an offloaded thread) cannot be stopped: no hard timeout.
@@ -102,11 +111,15 @@ class AsyncRunner(Runner):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handler: BoundHandler | None = None
         self._offload: ThreadPoolExecutor | None = None
+        #: Coroutines at once: ``max_concurrency``, or fewer for an offloaded batch handler.
+        self._slots = max_concurrency
         # Touched only on the loop thread:
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[asyncio.Task[None]] = set()  # a task, or a batch call: one slot each
         self._backlog: collections.deque[tuple[TaskRequest, Reply]] = collections.deque()
+        self._batches: WaitingBatches | None = None  # for a batch handler, instead of the backlog
         self._idle: asyncio.Future[None] | None = None  # set by close() while it waits for the tasks
-        self._abandoned: set[asyncio.Future[TaskResponse]] = set()
+        #: Timed-out calls still running: coroutines that ignored cancellation, offloaded threads.
+        self._abandoned: set[asyncio.Future[Any] | Future[Any]] = set()
 
     @classmethod
     def from_settings(cls, settings: RunqySettings) -> Self:
@@ -133,11 +146,6 @@ class AsyncRunner(Runner):
                 f'use runner_cls = "thread" for a blocking handler, make it async def, or register it with '
                 f"@task(offload=True) to run it in a bounded thread pool beside the event loop"
             )
-        if registry.batch_size is not None:
-            raise HandlerUnsupported(
-                'runner_cls = "async" does not run batch handlers (@task(batch_size=...)) yet; fix: use '
-                'runner_cls = "thread" (async def batch handlers run there too), or drop batch_size'
-            )
         loop, self.loop_name = new_event_loop()
         thread = EventLoopThread(loop)
         try:
@@ -146,8 +154,13 @@ class AsyncRunner(Runner):
             thread.close()
             raise
         handler.retry_exceptions = self.policy.retry_exceptions
+        offload_threads = default_max_threads()
         if not handler.is_async:
-            self._offload = ThreadPoolExecutor(default_max_threads(), thread_name_prefix="runqy-offload")
+            self._offload = ThreadPoolExecutor(offload_threads, thread_name_prefix="runqy-offload")
+        if handler.batch is not None:
+            self._batches = WaitingBatches(handler.batch, loop, self._fill)
+            if self._offload is not None:  # a call waiting for a pool thread would hold its tasks from later batches
+                self._slots = min(self.max_concurrency, offload_threads)
         with self._lock:
             self._thread, self._loop, self._handler = thread, loop, handler
             self._accepting = True
@@ -167,6 +180,10 @@ class AsyncRunner(Runner):
     # --- on the loop thread -------------------------------------------------------------------
 
     def _admit(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+        if self._batches is not None:
+            self._batches.put([(request, reply, 1) for request, reply in tasks], time.monotonic())
+            self._fill()
+            return
         for request, reply in tasks:
             if len(self._running) < self.max_concurrency:
                 self._start(request, reply)
@@ -188,35 +205,31 @@ class AsyncRunner(Runner):
             log.exception("task %s could not run", request.task_id)
             response = failure_response(request, exc)
         self._finished(asyncio.current_task())
-        try:
-            reply(response)
-        except Exception:  # a broken reply callback must not stop the loop
-            log.exception("task %s: error while answering it", request.task_id)
+        _answer(request, reply, response)
 
     def _finished(self, task: asyncio.Task[object] | None) -> None:
+        """A slot is free: start what waits for one, or tell a waiting close() that all is done."""
         self._running.discard(task)
-        if self._backlog:
+        if self._batches is not None:
+            self._fill()
+        elif self._backlog:
             self._start(*self._backlog.popleft())
-        elif not self._running and self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
+        idle = self._idle
+        if idle is not None and not idle.done() and not self._running and not self._backlog and not self._batches:
+            idle.set_result(None)
 
     async def _attempts(self, request: TaskRequest) -> TaskResponse:
         """Attempts until one is final (success, plain failure, or out of retries)."""
         policy, observer, number = self.policy, self.telemetry, 1
+        measured = observer.measures
         while True:
-            started = time.perf_counter() if observer.measures else None
+            started = time.perf_counter() if measured else None
             response = await self._attempt(request, number)
-            final = not response.retry or number > policy.max_retries
-            # As in the attempt engine: failures and measured tasks are observed, a quick success costs nothing.
-            if response.error is not None or started is not None:
-                duration_s = None if started is None else time.perf_counter() - started
-                observe = observer.finished if final else observer.retried
-                where = threading.current_thread().name
-                observe(request, number, outcome_of(response), duration_s, where, None, response.error)
-            if final:
+            backoff_s = settle(policy, observer, measured, request, number, response, started)
+            if backoff_s is None:
                 return response
-            if policy.retry_backoff_s > 0:
-                await asyncio.sleep(policy.backoff_s(number))
+            if backoff_s > 0:
+                await asyncio.sleep(backoff_s)
             number += 1
 
     def _attempt(self, request: TaskRequest, number: int) -> Awaitable[TaskResponse]:
@@ -234,44 +247,138 @@ class AsyncRunner(Runner):
         assert handler is not None and loop is not None
         cancel = _Cancellation()
         attempt: asyncio.Future[TaskResponse]
+        in_thread = None
         if handler.is_async:
             attempt = loop.create_task(handler.execute_async(request, number, cancel))
         else:
-            attempt = loop.run_in_executor(self._offload, handler.execute, request, number, cancel)
-        try:
-            done, _ = await asyncio.wait((attempt,), timeout=timeout_s)
-            if done:
-                return attempt.result()
-            cancel.cancelled = True
-            attempt.cancel()
-            if handler.is_async:
-                await asyncio.wait((attempt,), timeout=_CANCEL_GRACE_S)
-            if not attempt.done():
-                self._abandon(attempt)
-                self.telemetry.abandoned(request, number, threading.current_thread().name, timeout_s)
+            attempt, in_thread = self._in_thread(handler.execute, request, number, cancel)
+        response = await self._within(timeout_s, attempt, cancel, [(request, number)], in_thread)
+        if response is None:
             log.warning("task %s: attempt %d timed out after %gs; cancelled", request.task_id, number, timeout_s)
             return timed_out(request, timeout_s, number)
-        finally:
-            if not attempt.done():  # the task itself was cancelled (close()): so is its attempt
-                attempt.cancel()
+        return response
 
-    def _abandon(self, attempt: asyncio.Future[TaskResponse]) -> None:
+    async def _within(
+        self,
+        timeout_s: float,
+        call: asyncio.Future[T],
+        cancel: _Cancellation,
+        tasks: list[tuple[TaskRequest, int]],
+        in_thread: Future[T] | None = None,
+    ) -> T | None:
+        """The result of ``call`` (the attempts ``tasks``), or None when it overran: then it is cancelled.
+
+        ``in_thread``: the offload pool's future of a call that runs in a thread.
+        """
+        try:
+            done, _ = await asyncio.wait((call,), timeout=timeout_s)
+            if done:
+                return call.result()
+            cancel.cancelled = True
+            call.cancel()
+            if isinstance(call, asyncio.Task):  # a coroutine stops at its next await; a thread does not
+                await asyncio.wait((call,), timeout=_CANCEL_GRACE_S)
+            # Cancelling the loop's wrapper of an offloaded call marks it done while its thread runs on.
+            running: asyncio.Future[Any] | Future[Any] = call if in_thread is None else in_thread
+            if not running.done():
+                self._abandon(running, tasks, timeout_s)
+            return None
+        finally:
+            if not call.done():  # the task itself was cancelled (close()): so is its call
+                call.cancel()
+
+    def _in_thread(self, function: Callable[..., T], *args: Any) -> tuple[asyncio.Future[T], Future[T]]:
+        """``function(*args)`` in the offload pool: a future to await on the loop, and the pool's own.
+
+        Only the pool's future tells whether the thread still runs once the call is cancelled.
+        """
+        assert self._offload is not None
+        in_thread = self._offload.submit(function, *args)
+        return asyncio.wrap_future(in_thread), in_thread
+
+    def _abandon(
+        self, call: asyncio.Future[Any] | Future[Any], tasks: list[tuple[TaskRequest, int]], timeout_s: float
+    ) -> None:
         log.warning(
-            "a timed-out attempt did not stop when cancelled (%s); it runs on, its result dropped",
+            "a timed-out call did not stop when cancelled (%s); it runs on, its result dropped",
             "a thread cannot be stopped" if self._offload is not None else "the coroutine ignores cancellation",
         )
-        self._abandoned.add(attempt)
-        attempt.add_done_callback(self._abandoned.discard)
+        self._abandoned.add(call)
+        call.add_done_callback(self._abandoned.discard)
+        where = threading.current_thread().name
+        for request, number in tasks:
+            self.telemetry.abandoned(request, number, where, timeout_s)
+
+    # --- batch handlers, on the loop thread ---------------------------------------------------
+
+    def _fill(self) -> None:
+        """Start a batch call in every free slot while :class:`WaitingBatches` has a batch to take now."""
+        assert self._batches is not None and self._loop is not None
+        running, take, create_task = self._running, self._batches.take, self._loop.create_task
+        while len(running) < self._slots and (items := take()):
+            running.add(create_task(self._serve_batch(items)))
+
+    async def _serve_batch(self, items: list[BatchItem]) -> None:
+        """One batch call in one slot: each of its tasks is answered, or queued again for its next attempt."""
+        assert self._batches is not None
+        observer = self.telemetry
+        measured = observer.measures
+        started = time.perf_counter() if measured else None
+        observer.batch_called(len(items))
+        try:
+            responses = await self._call_batch([(request, number) for request, _, number in items])
+        except asyncio.CancelledError:  # only close() cancels a call: the worker is going away
+            self._finished(asyncio.current_task())
+            for request, reply, _ in items:
+                _answer(request, reply, TaskResponse.failure(request.task_id, _SHUTDOWN_WHY, retry=True))
+            return
+        except Exception as exc:  # a failure of runqy's own: still an answer per task
+            log.exception("a batch call of %d task(s) could not run", len(items))
+            responses = [failure_response(request, exc) for request, _, _ in items]
+        # Retries are queued before the slot is freed, so that the slot may take them along.
+        for (request, reply, number), response in zip(items, responses, strict=True):
+            backoff_s = settle(self.policy, observer, measured, request, number, response, started)
+            if backoff_s is None:
+                _answer(request, reply, response)
+            else:
+                self._batches.retry_later((request, reply, number + 1), backoff_s)
+        self._finished(asyncio.current_task())
+
+    async def _call_batch(self, tasks: list[tuple[TaskRequest, int]]) -> list[TaskResponse]:
+        """One call of the batch handler, bounded by ``task_timeout_s``: one response per task."""
+        handler, loop, timeout_s = self._handler, self._loop, self.policy.task_timeout_s
+        assert handler is not None and loop is not None
+        cancel = _Cancellation()
+        call: asyncio.Future[list[TaskResponse]]
+        in_thread = None
+        if handler.is_async:
+            if timeout_s is None:
+                return await handler.execute_batch_async(tasks)  # in this task: no task of its own
+            call = loop.create_task(handler.execute_batch_async(tasks, cancel))
+        else:
+            call, in_thread = self._in_thread(handler.execute_batch, tasks, cancel)
+            if timeout_s is None:
+                return await call
+        responses = await self._within(timeout_s, call, cancel, tasks, in_thread)
+        if responses is None:
+            log.warning("a batch call of %d task(s) timed out after %gs; cancelled", len(tasks), timeout_s)
+            return [timed_out(request, timeout_s, number) for request, number in tasks]
+        return responses
 
     async def _drain(self, timeout_s: float | None) -> None:
         """Wait up to ``timeout_s`` for every task; then answer the rest ``retry: true`` and cancel them."""
-        if self._running or self._backlog:
+        if self._batches is not None:
+            self._batches.flushing = True  # no task will join a short batch any more: it goes out now
+            self._fill()
+        if self._running or self._backlog or self._batches:
             assert self._loop is not None
             self._idle = self._loop.create_future()
             await asyncio.wait((self._idle,), timeout=timeout_s)
         while self._backlog:
             request, reply = self._backlog.popleft()
             reply(TaskResponse.failure(request.task_id, _SHUTDOWN_WHY, retry=True))
+        for request, reply, _ in self._batches.close() if self._batches is not None else ():
+            _answer(request, reply, TaskResponse.failure(request.task_id, _SHUTDOWN_WHY, retry=True))
         if self._running:
             log.warning("cancelling %d task(s) still running after %gs", len(self._running), timeout_s or 0)
             running = list(self._running)
@@ -297,3 +404,10 @@ class AsyncRunner(Runner):
 
     def __repr__(self) -> str:
         return f"<AsyncRunner capacity={self.max_concurrency} loop={self.loop_name}>"
+
+
+def _answer(request: TaskRequest, reply: Reply, response: TaskResponse) -> None:
+    try:
+        reply(response)
+    except Exception:  # a broken reply callback must not stop the loop, nor cost other tasks their answers
+        log.exception("task %s: error while answering it", request.task_id)

@@ -70,6 +70,8 @@ class ThreadPool:
         self._batch = handler.batch
         engine_class = AttemptEngine if self._batch is None else BatchAttemptEngine
         self.engine = engine_class(handler, policy, on_abandon=self._replace, observer=observer)
+        if isinstance(self.engine, BatchAttemptEngine):
+            self.engine.requeue = self.submit_attempts  # retries join the batches that form next
         self._name = name
         # (request, reply, number of its first attempt here, when it was queued); None stops the threads.
         self._work: queue.SimpleQueue[tuple[TaskRequest, Reply, int, float] | None] = queue.SimpleQueue()
@@ -181,7 +183,12 @@ class ThreadPool:
         spec, engine, work = self._batch, self.engine, self._work
 
         def take(timeout_s: float) -> tuple[TaskRequest, Reply, int, float] | None:
-            return work.get(timeout=timeout_s) if timeout_s else work.get_nowait()
+            if timeout_s:
+                return work.get(timeout=timeout_s)
+            # Tasks submitted together are put under this lock: taken under it too, a call
+            # sees all of them or none (a hybrid child gets a batch formed by its parent).
+            with self._lock:
+                return work.get_nowait()
 
         while True:
             with self._take_lock:
@@ -254,20 +261,18 @@ class PooledRunner(Runner):
     def start(self, registry: Registry) -> None:
         if self._pool is not None:
             return
-        self._handler = registry.bind()
+        self._handler = self._bind(registry)
         self._pool = ThreadPool(self._handler, self.policy, self.max_threads, self.thread_name, self.telemetry)
+
+    def _bind(self, registry: Registry) -> BoundHandler:
+        """Run ``@load`` and bind the handler to its result; here, in the calling thread."""
+        return registry.bind()
 
     def submit(self, request: TaskRequest, reply: Reply) -> None:
         self._started().submit(request, reply)
 
     def submit_many(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
         self._started().submit_many(tasks)
-
-    def inline_runner(self) -> Callable[[TaskRequest, Reply], object] | None:
-        pool = self._pool
-        if pool is None or self.max_threads != 1 or not pool.engine.untimed or pool.engine.handler.batch is not None:
-            return None
-        return pool.engine.run
 
     def _started(self) -> ThreadPool:
         if self._pool is None:
