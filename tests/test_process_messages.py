@@ -29,7 +29,7 @@ def warmed_up(runner: PersistentProcessRunner) -> None:
 
 
 def submit_burst(runner: PersistentProcessRunner, requests: list[TaskRequest]) -> list[Answer]:
-    answers = [Answer() for _ in requests]
+    answers = [Answer(r.task_id) for r in requests]
     runner.submit_many(list(zip(requests, answers, strict=True)))
     return answers
 
