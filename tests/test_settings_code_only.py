@@ -233,7 +233,7 @@ def test_what_is_kept_as_given() -> None:
 
 
 def test_construct_checked_runs_every_model_validator() -> None:
-    # construct_checked runs _check_combination itself: another model validator would be skipped.
+    # construct_checked runs what _check_combination runs: another model validator would be skipped.
     assert set(RunqySettings.__pydantic_decorators__.model_validators) == {"_check_combination"}
     assert set(RunnerOptions.__pydantic_decorators__.model_validators) == set()
     assert set(RunnerOptions.__pydantic_decorators__.field_validators) == set()

@@ -139,6 +139,9 @@ class RunqySettings(BaseModel):
     @model_validator(mode="after")
     def _check_combination(self) -> Self:
         # Runs while the settings are built, so a bad combination fails before any runner starts.
+        return self._check_and_derive()
+
+    def _check_and_derive(self) -> Self:
         for dotted, value in check_settings(self).items():
             field, _, option = dotted.partition(".")
             if option:
@@ -186,7 +189,7 @@ def construct_checked(values: dict[str, Any]) -> RunqySettings:
     change or reject make wrong settings: :func:`runqy.config.resolve.resolve_settings`
     passes only values that need no validation (see :mod:`runqy.config.presence`).
     """
-    return RunqySettings.model_construct(**values)._check_combination()
+    return RunqySettings.model_construct(**values)._check_and_derive()
 
 
 def config_file_path() -> Path | None:
