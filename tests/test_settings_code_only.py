@@ -21,7 +21,7 @@ import pytest
 from config_env import isolate, write_pyproject
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import ConfigDict, ValidationError
 
 from runqy.config.as_given import kept_as_given
 from runqy.config.presence import outside_sources
@@ -230,6 +230,14 @@ def test_what_is_kept_as_given() -> None:
         {"no_such_setting": 1},
     ):
         assert not kept_as_given(RunqySettings, needs_pydantic), needs_pydantic
+
+
+def test_a_model_option_that_may_change_values_sends_every_value_to_pydantic() -> None:
+    class Stripped(RunqySettings):
+        model_config = ConfigDict(str_strip_whitespace=True)
+
+    assert not kept_as_given(Stripped, {"metrics_address": " 0.0.0.0 "})
+    assert not kept_as_given(Stripped, {})
 
 
 def test_construct_checked_runs_every_model_validator() -> None:

@@ -8,7 +8,8 @@ telling so takes a few comparisons against the fields' own declarations.
 
 The test is conservative and never rejects anything itself: a value it is not sure of
 (text for a number, an int for a float, a list, a table, a field with a validator of
-its own, a constraint it does not know) goes through pydantic, whose settings, errors
+its own or an alias, a constraint it does not know, a model option such as
+``str_strip_whitespace``) goes through pydantic, whose settings, errors
 and warnings are then the ones given.
 """
 
@@ -18,6 +19,7 @@ import types
 from collections.abc import Mapping
 from typing import Literal, Union, get_args, get_origin
 
+# pydantic's own dependency: the form in which FieldInfo.metadata holds Field(ge=..., gt=...).
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -25,6 +27,8 @@ from pydantic.fields import FieldInfo
 __all__ = ["kept_as_given"]
 
 _PLAIN = frozenset({int, float, bool, str, type(None)})
+#: Model options that change no value given as it is; any other one (``strict``, ``str_strip_whitespace``...) might.
+_NEUTRAL_CONFIG = frozenset({"extra", "frozen", "validate_default", "defer_build", "title"})
 _UNIONS = (Union, types.UnionType)
 
 
@@ -35,9 +39,11 @@ def kept_as_given(model: type[BaseModel], values: Mapping[str, object]) -> bool:
         for decorator in model.__pydantic_decorators__.field_validators.values()
         for field in decorator.info.fields
     }
+    if "*" in validated or not set(model.model_config) <= _NEUTRAL_CONFIG:
+        return False
     for name, value in values.items():
         field = model.model_fields.get(name)
-        if field is None or name in validated or not _kept(field, value):
+        if field is None or name in validated or field.alias is not None or not _kept(field, value):
             return False
     return True
 
