@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Any
 from runqy.app import Registry, default_registry
 from runqy.errors import HandlerNotRegistered, HandlerUnsupported, LoadFailed, TaskFailed
 from runqy.observe.logs import configure_logging, install_task_records
-from runqy.observe.prometheus import MetricsServer, MetricsUnavailable
-from runqy.observe.report import StatsReporter, WorkerStats, collect_stats
 from runqy.observe.telemetry import Telemetry
 from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, error_status_line
 from runqy.runners.base import Runner
-from runqy.serve import Server
 
 if TYPE_CHECKING:
     from runqy.config.settings import RunqySettings
+    from runqy.observe.report import WorkerStats
+    from runqy.serve import Server
 
 __all__ = ["Worker", "run", "run_once"]
 
@@ -87,6 +86,12 @@ class Worker:
         self._serve(one_shot=True)
 
     def _serve(self, *, one_shot: bool) -> None:
+        # Imported here: a child process of the process runner imports this module (through the
+        # worker's ``from runqy import run``) but never serves.
+        from runqy.observe.prometheus import MetricsServer, MetricsUnavailable
+        from runqy.observe.report import StatsReporter
+        from runqy.serve import Server
+
         global _served
         _served = True
         settings = self.settings
@@ -139,6 +144,8 @@ class Worker:
 
     def stats(self) -> WorkerStats:
         """The worker's figures since it was created: tasks by outcome, durations, and the runner's gauges now."""
+        from runqy.observe.report import collect_stats
+
         in_flight = len(self._server.inflight) if self._server is not None else 0
         period_s = time.monotonic() - self.telemetry.started_at
         return collect_stats(self.telemetry.tally(), period_s, self._runner, in_flight)

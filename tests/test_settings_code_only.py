@@ -19,10 +19,14 @@ from typing import Any
 
 import pytest
 from config_env import isolate, write_pyproject
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ConfigDict, ValidationError
 
+from runqy.config.as_given import kept_as_given
 from runqy.config.presence import outside_sources
 from runqy.config.resolve import resolve_settings
-from runqy.config.settings import RunqySettings
+from runqy.config.settings import RunnerOptions, RunqySettings, construct_checked
 from runqy.errors import ConfigError
 
 FIELDS = set(RunqySettings.model_fields)
@@ -177,3 +181,84 @@ def test_a_misspelt_variable_is_still_reported(monkeypatch: pytest.MonkeyPatch) 
     assert outside_sources(FIELDS) == []
     with pytest.warns(UserWarning, match="did you mean RUNQY_TASK_TIMEOUT_S"):
         assert resolve_settings().task_timeout_s is None
+
+
+# Values given in code, any field, any scalar: most need validation, some are kept as given.
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-3, max_value=70_000)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["thread", "process", "hybrid", "async", "sequential", "INFO", "DEBUG", "json", "4", "0.5"])
+    | st.text(max_size=5)
+)
+code_values = st.dictionaries(st.sampled_from(sorted(FIELDS)), scalars, max_size=4)
+
+
+def validated(values: dict[str, Any], build: Any) -> tuple[Any, list[str]]:
+    """The settings ``build`` makes of ``values``, every value with its type, and the warnings; or the error."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            settings: RunqySettings = build(values)
+        except (ValidationError, ConfigError):
+            return "rejected", []
+    typed = {name: (type(value), value) for name, value in settings.model_dump().items() if name != "runner"}
+    runner = {name: (type(value), value) for name, value in settings.runner.model_dump().items()}
+    return (typed, runner, settings.model_fields_set), [str(w.message) for w in caught]
+
+
+@settings(max_examples=300, deadline=None)
+@given(code_values)
+def test_values_kept_as_given_make_the_settings_validation_makes(values: dict[str, Any]) -> None:
+    if not kept_as_given(RunqySettings, values):
+        return  # validated by pydantic on either path
+    assert validated(values, construct_checked) == validated(values, lambda v: RunqySettings(**v))
+
+
+def test_what_is_kept_as_given() -> None:
+    assert kept_as_given(RunqySettings, {})
+    assert kept_as_given(RunqySettings, {"python_workers": 4, "log_level": "DEBUG", "task_timeout_s": 2.5})
+    for needs_pydantic in (
+        {"python_workers": "4"},  # text for a number: converted
+        {"python_workers": True},  # a bool for an int: converted
+        {"task_timeout_s": 5},  # an int for a float: becomes 5.0
+        {"python_workers": 0},  # out of bounds: pydantic's error
+        {"log_level": "info"},  # not one of the literals
+        {"retry_exceptions": []},  # a list, and a field with a validator of its own
+        {"runner": {"max_threads": 2}},  # a table
+        {"no_such_setting": 1},
+    ):
+        assert not kept_as_given(RunqySettings, needs_pydantic), needs_pydantic
+
+
+def test_a_model_option_that_may_change_values_sends_every_value_to_pydantic() -> None:
+    class Stripped(RunqySettings):
+        model_config = ConfigDict(str_strip_whitespace=True)
+
+    assert not kept_as_given(Stripped, {"metrics_address": " 0.0.0.0 "})
+    assert not kept_as_given(Stripped, {})
+
+
+def test_construct_checked_runs_every_model_validator() -> None:
+    # construct_checked runs what _check_combination runs: another model validator would be skipped.
+    assert set(RunqySettings.__pydantic_decorators__.model_validators) == {"_check_combination"}
+    assert set(RunnerOptions.__pydantic_decorators__.model_validators) == set()
+    assert set(RunnerOptions.__pydantic_decorators__.field_validators) == set()
+
+
+@pytest.mark.parametrize("kwargs", ["{}", '{"workers": 3}'])
+def test_a_worker_configured_in_code_alone_builds_no_validator(tmp_path: Path, kwargs: str) -> None:
+    """Neither pydantic's plugin lookup (importlib.metadata) nor any settings validator before it serves."""
+    (tmp_path / "worker.py").write_text(
+        WORKER.replace("{kwargs}", kwargs).replace(
+            'return {"pydantic_settings": "pydantic_settings" in sys.modules}',
+            "from runqy.config.settings import RunqySettings\n"
+            '    heavy = ("pydantic_settings", "importlib.metadata", "pydantic.plugin._loader")\n'
+            "    return {\n"
+            '        "loaded": [name for name in heavy if name in sys.modules],\n'
+            '        "validator_built": RunqySettings.__pydantic_complete__,\n'
+            "    }",
+        )
+    )
+    assert serve_one(tmp_path, ["worker.py"]) == {"loaded": [], "validator_built": False}

@@ -91,3 +91,45 @@ def test_run_once_serves_exactly_one_task_and_exits_0(slow_worker: Path, start_w
     assert worker.wait(timeout_s=10) == 0  # stdin still open: it stops after one task by itself
     assert first.response is not None and first.response["result"] == "only"
     assert worker.status_lines == [{"status": "ready"}]
+
+
+EXIT_WORKER = """
+import atexit, sys, threading
+from pathlib import Path
+from runqy import task, run_once
+
+OUT = Path.cwd()
+kept = open(OUT / "kept.txt", "w")  # held by the module until the interpreter exits, never flushed by the code
+atexit.register(lambda: (OUT / "atexit.txt").write_text("ran"))
+
+
+def finish_late(text):
+    (OUT / "thread.txt").write_text(text)
+
+
+@task
+def handle(payload):
+    kept.write(payload)
+    late = threading.Timer(0.2, finish_late, [payload])  # still running after the answer
+    late.daemon = False  # not inherited from the task's thread: the interpreter must wait for it
+    late.start()
+    return "written"
+
+if __name__ == "__main__":
+    run_once()
+"""
+
+
+def test_a_one_shot_exit_keeps_every_flush_atexit_handler_and_thread(
+    write_worker: Callable[[str], Path], start_worker: WorkerFactory, tmp_path: Path
+) -> None:
+    # What the interpreter's teardown does for the worker's own code must all still happen after
+    # the answer: a module's unclosed file flushed, atexit handlers run, non-daemon threads joined.
+    worker = start_worker(write_worker(EXIT_WORKER))
+    answer = worker.submit(make_request("data"))
+    worker.close_stdin()
+    assert worker.wait(timeout_s=10) == 0
+    assert answer.response is not None and answer.response["result"] == "written"
+    assert worker.status_lines == [{"status": "ready"}]
+    written = {name: (tmp_path / name).read_text() for name in ("kept.txt", "thread.txt", "atexit.txt")}
+    assert written == {"kept.txt": "data", "thread.txt": "data", "atexit.txt": "ran"}

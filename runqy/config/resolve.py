@@ -7,8 +7,10 @@ is wrong or ignored, and for ``runqy config``.
 
 When no source outside the code has anything to say (:mod:`runqy.config.presence`),
 pydantic builds the settings from the defaults and the code's values alone, and
-pydantic-settings is not imported. Should that fail or warn, the full resolution runs
-instead and reports it, so errors and warnings are the same either way.
+pydantic-settings is not imported; values that validation would keep as they are
+(:mod:`runqy.config.as_given`) are not even validated. Should that fail or warn, the
+full resolution runs instead and reports it, so errors and warnings are the same
+either way.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from runqy.config.as_given import kept_as_given
 from runqy.config.checks import caller_stacklevel, check_environment, resolve_runner
 from runqy.config.presence import outside_sources
-from runqy.config.settings import RunqySettings
+from runqy.config.settings import RunqySettings, construct_checked
 from runqy.errors import ConfigError, ConfigWarning
 
 __all__ = ["describe_settings", "load_settings", "resolve_settings"]
@@ -55,8 +58,11 @@ def _from_code_alone(overrides: dict[str, Any]) -> RunqySettings | None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
         try:
-            settings = RunqySettings(**overrides)
-        except ValidationError:
+            if kept_as_given(RunqySettings, overrides):
+                settings = construct_checked(overrides)
+            else:
+                settings = RunqySettings(**overrides)
+        except (ValidationError, ConfigError):  # ConfigError: a combination construct_checked rejects
             settings = None
     for record in caught:
         if issubclass(record.category, ConfigWarning):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONFIG_ENV_VAR",
+    "construct_checked",
     "RUNNER_ALIASES",
     "RunnerOptions",
     "RunqySettings",
@@ -60,7 +61,8 @@ class RunnerOptions(BaseModel):
     """Options of the runner itself: the ``[tool.runqy.runner]`` table, ``RUNQY_RUNNER__*`` in the environment."""
 
     # The docstrings below describe each option, read on demand (runqy.config.descriptions).
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Its validator is built on first use (see RunqySettings).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     max_threads: int | None = Field(default=None, ge=1)
     """Threads of the thread runner (default ``min(32, cpu_count + 4)``)."""
@@ -84,7 +86,11 @@ class RunqySettings(BaseModel):
     """
 
     # The docstrings below describe each setting (``runqy run --help``), read on demand.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # The validator is built when something is first validated, not at import: settings made
+    # of the defaults alone need none (see construct_checked), and building the first one
+    # makes pydantic look for plugins through importlib.metadata, which costs a worker more
+    # than the rest of its start.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, defer_build=True)
 
     runner_cls: str | None = None
     """Which runner runs the tasks: an alias, a class name or ``"package.module:Class"``."""
@@ -126,12 +132,16 @@ class RunqySettings(BaseModel):
     """Serve Prometheus metrics on ``/metrics`` at this port (0: any free one; needs ``runqy[metrics]``)."""
     metrics_address: str = "0.0.0.0"
     """The address the metrics endpoint listens on."""
-    runner: RunnerOptions = RunnerOptions()
+    # Constructed, not validated: validating it would build RunnerOptions' validator at import.
+    runner: RunnerOptions = RunnerOptions.model_construct()
     """Options of the runner itself: the ``[tool.runqy.runner]`` table."""
 
     @model_validator(mode="after")
     def _check_combination(self) -> Self:
         # Runs while the settings are built, so a bad combination fails before any runner starts.
+        return self._check_and_derive()
+
+    def _check_and_derive(self) -> Self:
         for dotted, value in check_settings(self).items():
             field, _, option = dotted.partition(".")
             if option:
@@ -169,6 +179,17 @@ class RunqySettings(BaseModel):
             self.max_abandoned_threads,
             tuple(resolve_exception(name) for name in self.retry_exceptions),
         )
+
+
+def construct_checked(values: dict[str, Any]) -> RunqySettings:
+    """Settings from ``values`` that validation would keep as they are (none: the defaults), not validated.
+
+    pydantic's validation is skipped, runqy's own is not: the combination is checked and
+    the derived values filled in as when validating. ``values`` that validation would
+    change or reject make wrong settings: :func:`runqy.config.resolve.resolve_settings`
+    passes only values that need no validation (see :mod:`runqy.config.presence`).
+    """
+    return RunqySettings.model_construct(**values)._check_and_derive()
 
 
 def config_file_path() -> Path | None:
