@@ -26,13 +26,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Reply
 
-__all__ = ["HAND_OVER_AFTER_S", "InlineThread", "ReadChunk", "RunTask"]
+__all__ = ["HAND_OVER_AFTER_S", "InlineThread", "ReadChunk", "RunTask", "StdinHost"]
 
 log = logging.getLogger("runqy")
 
@@ -48,6 +48,16 @@ RunTask = Callable[[TaskRequest, Reply], object]
 #: Reads stdin once (waiting also on the given interrupt fd) and returns the tasks it
 #: accepted, [] when interrupted or no line was a task, None once stdin is closed.
 ReadChunk = Callable[[int], list[Task] | None]
+
+
+class StdinHost(Protocol):
+    """Threads that read stdin themselves between their tasks: an :class:`InlineThread`, or a thread pool."""
+
+    def host(self, read: ReadChunk) -> None:
+        """Read with ``read`` whenever a thread has no task, until :meth:`stop_hosting`."""
+
+    def stop_hosting(self) -> None:
+        """Stop reading stdin; queued and running tasks go on."""
 
 
 class InlineThread:

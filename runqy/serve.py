@@ -1,10 +1,10 @@
 """The serving loop: read requests, hand them to the runner, answer each exactly once, shut down cleanly.
 
     stdin ──reader thread──> parse ──> InFlight.admit ──> runner.submit_many
-      └──or the runner's inline thread, between its tasks ──> run there (runqy.inline)
+      └──or the runner's own threads, between their tasks ──> run there (Runner.stdin_host)
                                                              │ (any thread)
     stdout <──writer thread── ProtocolChannel <── InFlight.answer (first answer wins)
-           <──────── a lone answer, or any of an inline thread's, written by the thread that made it
+           <──────── a lone answer, or any of a stdin host's, written by the thread that made it
 
 The main thread only waits: for stdin EOF, a signal, or a fatal runner error. Then it
 stops admitting, lets in-flight tasks finish, answers whatever could not finish, and
@@ -199,21 +199,22 @@ class Server:
         """Say ready, then serve until stopped; returns the exit code for the process (0 or 1)."""
         # Signal handlers first: the Go worker may send SIGTERM as soon as it reads the ready line.
         restore = self._install_signal_handlers()
-        inline = None
+        host = None
         restore_blocking: Callable[[], None] = _nothing
         try:
             self.runner.on_fatal = self._on_fatal
             self._stdin_fd = stdin_fd
-            inline = None if self.one_shot else self.runner.inline_thread()
+            host = None if self.one_shot else self.runner.stdin_host()
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
-            if inline is None:
+            if host is None:
                 self._start_reader()
             else:
-                # One thread runs every task and answers each as it finishes: no writer thread to wake.
+                # The threads that run the tasks read stdin and answer each task as it finishes:
+                # no reader thread hands them tasks, no writer thread is woken.
                 self.inflight.answer_in_place = True
                 restore_blocking = _stdin_nonblocking(stdin_fd)
-                inline.host(self._read_chunk_or_fail)
+                host.host(self._read_chunk_or_fail)
             while self._reason is None:
                 os.read(self._wake_r, 64)
             return self._shut_down()
@@ -223,8 +224,8 @@ class Server:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_w = -1
-            if inline is not None:
-                inline.stop_hosting()
+            if host is not None:
+                host.stop_hosting()
                 restore_blocking()
 
     def _stop_with(self, reason: StopReason) -> None:
