@@ -72,9 +72,12 @@ def test_tasks_read_together_with_a_held_one_are_answered_while_it_runs(
 def test_stdin_is_read_and_answered_while_tasks_hold_threads(
     held: tuple[Path, Path], start_worker: WorkerFactory
 ) -> None:
-    script, fifo = held
+    script, _ = held
+    fifos = [script.parent / f"hold-{n}" for n in range(2)]  # one each: one writer may release every reader of a FIFO
+    for fifo in fifos:
+        os.mkfifo(fifo)
     worker = start(script, start_worker)
-    holding = [worker.submit(make_request({"n": n, "fifo": str(fifo)})) for n in range(2)]
+    holding = [worker.submit(make_request({"n": n, "fifo": str(fifo)})) for n, fifo in enumerate(fifos)]
     for n in range(2):
         worker.wait_for_stderr(f"holding {n}")
     bad = worker.submit({"task_id": "bad-line", "payload": None, "retry_count": "zero"})
@@ -85,7 +88,7 @@ def test_stdin_is_read_and_answered_while_tasks_hold_threads(
         assert worker.wait_for(task, timeout_s=ANSWER_S)
     assert [task.response["result"] for task in quick if task.response] == list(range(2, 12))
     assert all(task.response is None for task in holding)
-    for _ in holding:
+    for fifo in fifos:
         release(fifo)
     for task in holding:
         assert worker.wait_for(task, timeout_s=ANSWER_S)
