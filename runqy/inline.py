@@ -207,15 +207,15 @@ class InlineThread:
             self._drain_interrupts()
 
     def _run(self, tasks: list[Task]) -> None:
-        if self._guard_sleeping:
-            with self._changed:
-                self._changed.notify_all()
         run_task, clock = self._run_task, time.monotonic
         assert run_task is not None, "run_tasks_with() was not called"
         for request, reply in tasks:
             # Per task, not per chunk: a long run of quick tasks (a 64 KiB chunk holds hundreds)
             # must not pass for a long task and hand reading to the helper for nothing.
             self._busy_since = clock()
+            if self._guard_sleeping:  # read after the start is written: see _guard()
+                with self._changed:
+                    self._changed.notify_all()
             try:
                 run_task(request, reply)
             except Exception:  # a broken reply callback must not stop the thread, as on a pool thread
@@ -245,8 +245,11 @@ class InlineThread:
                     finally:
                         self._changed.acquire()
                 elif busy_since is None and now - self._last_work > _GUARD_IDLE_AFTER_S:
+                    # The flag first, then one more look: _run() writes the start of a task, then
+                    # reads the flag (without the lock), so one of the two sees the other.
                     self._guard_sleeping = True
-                    self._changed.wait()  # until the inline thread runs tasks again
+                    if self._busy_since is None:
+                        self._changed.wait()  # until the inline thread runs tasks again
                     self._guard_sleeping = False
                 else:
                     self._changed.wait(tick_s)

@@ -17,11 +17,12 @@ from conftest import WorkerFactory
 from runqy.local.driver import LocalWorker, make_request
 
 HELD_WORKER = """
-import sys
+import sys, time
 from runqy import task, run
 
 @task
 def handle(payload):
+    time.sleep(payload.get("sleep_s", 0))
     if "fifo" in payload:
         print(f"holding {payload['n']}", file=sys.stderr, flush=True)
         with open(payload["fifo"]) as fifo:  # blocks until the test opens the FIFO for writing
@@ -94,6 +95,32 @@ def test_stdin_is_read_and_answered_while_tasks_hold_threads(
         assert worker.wait_for(task, timeout_s=ANSWER_S)
     worker.close_stdin()
     assert worker.wait(timeout_s=ANSWER_S) == 0
+
+
+def test_after_a_long_task_each_chunk_is_shared_out_at_once_and_every_task_answered(
+    held: tuple[Path, Path], start_worker: WorkerFactory
+) -> None:
+    script, _ = held
+    fifos = [script.parent / f"hold-{n}" for n in range(2)]
+    for fifo in fifos:
+        os.mkfifo(fifo)
+    worker = start(script, start_worker)
+    slow = worker.submit(make_request({"n": 0, "sleep_s": 0.05}))  # stands for a slow task: chunks are shared out
+    assert worker.wait_for(slow, timeout_s=ANSWER_S)
+    first, *quick = worker.submit_many(
+        [make_request({"n": 1, "fifo": str(fifos[0])}), *(make_request({"n": n}) for n in range(2, 6))]
+    )
+    second = worker.submit(make_request({"n": 6, "fifo": str(fifos[1])}))
+    worker.wait_for_stderr("holding 6")
+    for task in quick:
+        assert worker.wait_for(task, timeout_s=ANSWER_S), "a quick task waited behind a held one"
+    assert [task.response["result"] for task in quick if task.response] == [2, 3, 4, 5]
+    assert first.response is None and second.response is None
+    for fifo in fifos:
+        release(fifo)
+    for n, task in zip((1, 6), (first, second), strict=True):
+        assert worker.wait_for(task, timeout_s=ANSWER_S)
+        assert task.response is not None and task.response["result"] == n
 
 
 def test_eof_while_a_task_is_held_still_answers_everything_and_exits_0(

@@ -14,7 +14,10 @@ another, answers each as it finishes, and reads again::
 
 So with quick tasks one thread reads, runs and answers with no hand-off at all, and a
 slow task keeps neither stdin unread nor the tasks behind it waiting for longer than
-``hand_over_after_s`` (1 ms, below the GIL's own switch interval of 5 ms). Only one
+``hand_over_after_s`` (1 ms, below the GIL's own switch interval of 5 ms). Once a task
+has run 10 ms, for the next second the thread that reads a chunk hands its other tasks
+and the turn to the other threads at once: where tasks are slow, nothing waits even
+that millisecond, and a wake-up per chunk costs little next to the tasks. Only one
 thread reads at a time: the one holding the turn, waiting on stdin and on an interrupt
 pipe, so that stopping never waits for another request.
 """
@@ -40,6 +43,12 @@ log = logging.getLogger("runqy")
 
 #: How long one task may run while its thread holds the read turn before the guard takes the turn away.
 HAND_OVER_AFTER_S: Final = 0.001
+#: A task that ran this long (longer than a quick one whose thread was merely descheduled,
+#: on a busy machine) makes the holder, for ``_EAGER_FOR_S``, hand every chunk's other tasks
+#: and the turn to the other threads as soon as it is read: where tasks are slow a wake-up
+#: costs little, and no task then waits even ``HAND_OVER_AFTER_S`` behind another.
+_SLOW_TASK_S: Final = 0.01
+_EAGER_FOR_S: Final = 1.0
 #: The guard stops ticking after this long without a task run by the turn's holder, so an idle worker sleeps.
 _GUARD_IDLE_AFTER_S: Final = 1.0
 
@@ -85,6 +94,8 @@ class ReadTurn:
         #: must not overwrite what the current holder wrote.
         self._busy: list[float | None] = [None]
         self._last_work = time.monotonic()
+        #: Until then, each chunk's tasks but the first go to the other threads at once (see _EAGER_FOR_S).
+        self._eager_until = 0.0
         self._wake_guard = threading.Condition(lock)
         self._guard_sleeping = False
         self._guard: threading.Thread | None = None
@@ -113,47 +124,68 @@ class ReadTurn:
     def hold(self, run: RunHeld) -> bool:
         """Hold the turn in the calling thread until it is taken away or reading stops; False if abandoned."""
         me = threading.current_thread()
-        held, lock = self._held, self._lock
+        held = self._held
         busy: list[float | None] = [None]
-        with lock:
+        with self._lock:
             self._holder = me
             self._busy = busy
         while True:
             try:
                 request, reply = held.popleft()
             except IndexError:
-                with lock:  # the guard takes the turn only under the lock, and never from a reader
-                    if self._holder is not me:
-                        return True
-                    if self.read is None:
-                        self._holder = None
-                        self.out = False
-                        return True
+                if not self._may_read(me):
+                    return True
                 tasks = self._read_once()
-                if tasks is None:
-                    with lock:
-                        self.read = None  # stdin is closed: nobody reads again
-                held.extend(tasks or ())
+                if tasks and time.monotonic() < self._eager_until and self._hand_out(tasks[1:]):
+                    request, reply = tasks[0]
+                    return run(request, reply)  # no longer the holder: back to the queue after it
+                held.extend(tasks)
                 continue
-            busy[0] = time.monotonic()
+            started = busy[0] = time.monotonic()
             if self._guard_sleeping:
-                with lock:
+                with self._lock:
                     self._wake_guard.notify()
             if not run(request, reply):
-                with lock:  # abandoned after a timeout: whatever it still holds goes to the other threads
+                with self._lock:  # abandoned after a timeout: whatever it still holds goes to the other threads
                     if self._holder is me:
                         self._take_turn_away()
                 return False
             busy[0] = None
-            if self._holder is not me:
-                return True  # the guard took the turn (and the rest of the chunk) meanwhile
+            if self._holder is not me:  # the guard took the turn (and the rest of the chunk) meanwhile
+                if time.monotonic() - started >= _SLOW_TASK_S:
+                    self._eager_until = time.monotonic() + _EAGER_FOR_S
+                return True
 
-    def _read_once(self) -> list[Task] | None:
+    def _may_read(self, me: threading.Thread) -> bool:
+        """Whether ``me`` still holds the turn and should read; ends the turn when reading stopped."""
+        with self._lock:  # the guard takes the turn only under the lock, and never from a reader
+            if self._holder is not me:
+                return False
+            if self.read is None:
+                self._holder = None
+                self.out = False
+                return False
+            return True
+
+    def _hand_out(self, rest: list[Task]) -> bool:
+        """Queue ``rest`` and the turn for the other threads now; False once the pool is closed."""
+        with self._lock:
+            if not self._hand_over(rest):
+                return False
+            self._holder = None
+            self._busy = [None]
+            return True
+
+    def _read_once(self) -> list[Task]:
         read = self.read
         if read is None:
             return []
         tasks = read(self._interrupt_r)
-        if tasks == []:
+        if tasks is None:
+            with self._lock:
+                self.read = None  # stdin is closed: nobody reads again
+            return []
+        if not tasks:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.read(self._interrupt_r, 4096)
         return tasks
@@ -177,8 +209,11 @@ class ReadTurn:
                     elif self._holder is not None:
                         self._take_turn_away()
                 elif now - self._last_work > _GUARD_IDLE_AFTER_S:
+                    # The flag first, then one more look: the holder writes its start, then reads
+                    # the flag (without the lock), so one of the two sees the other.
                     self._guard_sleeping = True
-                    self._wake_guard.wait()  # until the holder runs a task again
+                    if self._busy[0] is None:
+                        self._wake_guard.wait()  # until the holder runs a task again
                     self._guard_sleeping = False
                     continue
                 self._wake_guard.wait(wait_s)
