@@ -26,13 +26,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Reply
 
-__all__ = ["HAND_OVER_AFTER_S", "InlineThread", "ReadChunk", "RunTask"]
+__all__ = ["HAND_OVER_AFTER_S", "InlineThread", "ReadChunk", "RunTask", "StdinHost"]
 
 log = logging.getLogger("runqy")
 
@@ -48,6 +48,16 @@ RunTask = Callable[[TaskRequest, Reply], object]
 #: Reads stdin once (waiting also on the given interrupt fd) and returns the tasks it
 #: accepted, [] when interrupted or no line was a task, None once stdin is closed.
 ReadChunk = Callable[[int], list[Task] | None]
+
+
+class StdinHost(Protocol):
+    """Threads that read stdin themselves between their tasks: an :class:`InlineThread`, or a thread pool."""
+
+    def host(self, read: ReadChunk) -> None:
+        """Read with ``read`` whenever a thread has no task, until :meth:`stop_hosting`."""
+
+    def stop_hosting(self) -> None:
+        """Stop reading stdin; queued and running tasks go on."""
 
 
 class InlineThread:
@@ -197,13 +207,15 @@ class InlineThread:
             self._drain_interrupts()
 
     def _run(self, tasks: list[Task]) -> None:
-        self._busy_since = time.monotonic()
-        if self._guard_sleeping:
-            with self._changed:
-                self._changed.notify_all()
-        run_task = self._run_task
+        run_task, clock = self._run_task, time.monotonic
         assert run_task is not None, "run_tasks_with() was not called"
         for request, reply in tasks:
+            # Per task, not per chunk: a long run of quick tasks (a 64 KiB chunk holds hundreds)
+            # must not pass for a long task and hand reading to the helper for nothing.
+            self._busy_since = clock()
+            if self._guard_sleeping:  # read after the start is written: see _guard()
+                with self._changed:
+                    self._changed.notify_all()
             try:
                 run_task(request, reply)
             except Exception:  # a broken reply callback must not stop the thread, as on a pool thread
@@ -233,8 +245,11 @@ class InlineThread:
                     finally:
                         self._changed.acquire()
                 elif busy_since is None and now - self._last_work > _GUARD_IDLE_AFTER_S:
+                    # The flag first, then one more look: _run() writes the start of a task, then
+                    # reads the flag (without the lock), so one of the two sees the other.
                     self._guard_sleeping = True
-                    self._changed.wait()  # until the inline thread runs tasks again
+                    if self._busy_since is None:
+                        self._changed.wait()  # until the inline thread runs tasks again
                     self._guard_sleeping = False
                 else:
                     self._changed.wait(tick_s)

@@ -1,10 +1,10 @@
 """The serving loop: read requests, hand them to the runner, answer each exactly once, shut down cleanly.
 
     stdin ──reader thread──> parse ──> InFlight.admit ──> runner.submit_many
-      └──or the runner's inline thread, between its tasks ──> run there (runqy.inline)
+      └──or the runner's own threads, between their tasks ──> run there (Runner.stdin_host)
                                                              │ (any thread)
     stdout <──writer thread── ProtocolChannel <── InFlight.answer (first answer wins)
-           <──────── a lone answer, or any of an inline thread's, written by the thread that made it
+           <──────── a lone answer, or any of a stdin host's, written by the thread that made it
 
 The main thread only waits: for stdin EOF, a signal, or a fatal runner error. Then it
 stops admitting, lets in-flight tasks finish, answers whatever could not finish, and
@@ -41,6 +41,11 @@ _READ_CHUNK_BYTES: Final = 1 << 16
 #: exceed this by one chunk's lines). The Go worker never sends more than its
 #: concurrency, so this only bounds a driver that streams without waiting for answers.
 _MAX_QUEUED: Final = 10_000
+#: More tasks open than this is a burst (a driver that streams, not the Go worker's few in
+#: flight): their answers go to the writer thread, which writes what piled up in one system
+#: call, also where each answer is otherwise written in place. A write per answer cost a
+#: stream a third of its throughput.
+_BURST_OPEN: Final = 32
 #: In the error logged when a runner answers a task twice: the fault tests look for it on stderr.
 DUPLICATE_REPLY: Final = "was answered twice by the runner"
 
@@ -120,10 +125,11 @@ class InFlight:
         if self._open.pop(key, None) is None:
             self._drop(key, response)
             return
-        if self._open and not self.answer_in_place:
-            self._channel.send(line)
+        still_open = len(self._open)
+        if still_open > _BURST_OPEN or (still_open and not self.answer_in_place):
+            self._channel.send(line)  # the writer thread coalesces a burst's answers while this one runs on
         else:
-            self._channel.send_alone(line)  # the only task in flight, or one thread answers all: written here
+            self._channel.send_alone(line)  # the only task in flight, or few and in place: written here
         # Popped before reading _waiters, as a waiter counts itself before it checks:
         # either the waiter sees this answer, or this answer sees the waiter.
         if self._waiters and len(self._open) <= self._resume_at:
@@ -199,21 +205,22 @@ class Server:
         """Say ready, then serve until stopped; returns the exit code for the process (0 or 1)."""
         # Signal handlers first: the Go worker may send SIGTERM as soon as it reads the ready line.
         restore = self._install_signal_handlers()
-        inline = None
+        host = None
         restore_blocking: Callable[[], None] = _nothing
         try:
             self.runner.on_fatal = self._on_fatal
             self._stdin_fd = stdin_fd
-            inline = None if self.one_shot else self.runner.inline_thread()
+            host = None if self.one_shot else self.runner.stdin_host()
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
-            if inline is None:
+            if host is None:
                 self._start_reader()
             else:
-                # One thread runs every task and answers each as it finishes: no writer thread to wake.
+                # The threads that run the tasks read stdin and answer each task as it finishes:
+                # no reader thread hands them tasks, no writer thread is woken.
                 self.inflight.answer_in_place = True
                 restore_blocking = _stdin_nonblocking(stdin_fd)
-                inline.host(self._read_chunk_or_fail)
+                host.host(self._read_chunk_or_fail)
             while self._reason is None:
                 os.read(self._wake_r, 64)
             return self._shut_down()
@@ -223,8 +230,8 @@ class Server:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
                 self._wake_w = -1
-            if inline is not None:
-                inline.stop_hosting()
+            if host is not None:
+                host.stop_hosting()
                 restore_blocking()
 
     def _stop_with(self, reason: StopReason) -> None:

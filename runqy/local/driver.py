@@ -171,6 +171,14 @@ class LocalWorker:
         self._send([pending])
         return pending
 
+    def submit_many(self, requests: list[dict[str, Any]]) -> list[Pending]:
+        """Send several requests in one write, so that the worker finds them together on stdin."""
+        batch = [Pending(request) for request in requests]
+        for pending in batch:
+            pending._event = threading.Event()
+        self._send(batch)
+        return batch
+
     def wait_for(self, pending: Pending, timeout_s: float | None = None) -> bool:
         """Wait until ``pending`` is answered or known lost; False on timeout."""
         with self._lock:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from runqy.config.settings import RunqySettings
-    from runqy.inline import InlineThread
+    from runqy.inline import InlineThread, StdinHost
 
 __all__ = ["Capabilities", "Reply", "Runner"]
 
@@ -92,6 +92,14 @@ class Runner(ABC):
         one task at a time in this process with nothing that could abandon a thread.
         """
         return None
+
+    def stdin_host(self) -> StdinHost | None:
+        """The threads that read stdin between their tasks, if this started runner has them.
+
+        The serving loop then starts no reader thread: it hands them its reading, and
+        every answer is written by the thread that made it. By default the inline thread.
+        """
+        return self.inline_thread()
 
     @abstractmethod
     def close(self, timeout_s: float | None = None) -> None:

@@ -9,6 +9,10 @@ sequential runner (a pool of one) and with the threads inside hybrid children::
                                   └──────────┴─ fresh thread: the task's retry first,
                                                 then the work queue; the stuck thread
                                                 is abandoned and stops when it returns
+
+When the serving loop hands it stdin (:meth:`ThreadPool.host`), the work queue also
+carries the read turn: the thread that takes it reads and runs what it read itself,
+until a task runs long (see :mod:`runqy.runners._pool_reading`).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
 from runqy.batch_attempts import BatchAttemptEngine, BatchItem
 from runqy.batching import gather
 from runqy.errors import RunnerClosed
+from runqy.inline import ReadChunk, StdinHost
 from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
+from runqy.runners._pool_reading import READ_TURN, ReadTurn, _ReadTurnToken
 from runqy.runners.base import Capabilities, Reply, Runner
 
 if TYPE_CHECKING:
@@ -40,6 +46,9 @@ if TYPE_CHECKING:
 __all__ = ["PooledRunner", "ThreadPool", "ThreadRunner", "default_max_threads"]
 
 log = logging.getLogger("runqy")
+
+#: A queued task: (request, reply, number of its first attempt here, when it was queued).
+_Work = tuple[TaskRequest, Reply, int, float]
 
 #: The default pool never exceeds this, however many cores: beyond it threads mostly wait for the GIL.
 _MAX_DEFAULT_THREADS: Final = 32
@@ -73,8 +82,11 @@ class ThreadPool:
         if isinstance(self.engine, BatchAttemptEngine):
             self.engine.requeue = self.submit_attempts  # retries join the batches that form next
         self._name = name
-        # (request, reply, number of its first attempt here, when it was queued); None stops the threads.
-        self._work: queue.SimpleQueue[tuple[TaskRequest, Reply, int, float] | None] = queue.SimpleQueue()
+        # (request, reply, number of its first attempt here, when it was queued); READ_TURN
+        # while the pool hosts reading (see host()); None stops the threads.
+        self._work: queue.SimpleQueue[_Work | _ReadTurnToken | None] = queue.SimpleQueue()
+        #: Reading stdin, while the serving loop hands it to the pool (see host()).
+        self._turn: ReadTurn | None = None
         # Threads of a batch handler take and fill a batch one at a time, so that what is
         # waiting goes into one full batch rather than being split between free threads.
         self._take_lock = threading.Lock()
@@ -148,6 +160,50 @@ class ThreadPool:
             self._threads.discard(abandoned)
             self._start_thread(continuation)
 
+    def host(self, read: ReadChunk) -> None:
+        """Read stdin with ``read`` on the pool's threads, one at a time, until :meth:`stop_hosting`.
+
+        The thread that reads a chunk runs its tasks, unless one runs long: see
+        :mod:`runqy.runners._pool_reading`. Not for a batch handler, whose threads take batches.
+        """
+        if self._batch is not None:
+            raise ValueError("a pool of a batch handler cannot host reading: its threads take batches")
+        with self._lock:
+            if self._closed:
+                raise RunnerClosed("cannot read stdin: the runner was closed")
+            if self._turn is None:
+                self._turn = ReadTurn(self._lock, self._hand_over)
+            if self._turn.host(read):
+                self._put_locked(READ_TURN)
+
+    def stop_hosting(self) -> None:
+        """Stop reading stdin; queued and running tasks go on."""
+        if self._turn is not None:
+            self._turn.stop_hosting()
+
+    def _hand_over(self, tasks: list[tuple[TaskRequest, Reply]]) -> bool:
+        # Called by the read turn's guard with the lock held; after close() a thread may be gone.
+        if self._closed:
+            return False
+        arrived = time.monotonic()
+        for request, reply in tasks:
+            self._put_locked((request, reply, 1, arrived))
+        self._put_locked(READ_TURN)
+        return True
+
+    def _put_locked(self, item: _Work | _ReadTurnToken) -> None:
+        if len(self._threads) < self.max_threads:
+            self._maybe_grow()
+        self._work.put(item)
+
+    def _run_held(self, request: TaskRequest, reply: Reply) -> bool:
+        """Run a task read by this thread's read turn (see :meth:`_serve` for the exceptions)."""
+        try:
+            return self.engine.run(request, reply)
+        except Exception:
+            log.exception("task %s: error while answering it", request.task_id)
+            return True
+
     def _serve(self, continuation: Continuation | None) -> None:
         if continuation is not None and not _guarded(continuation):
             return  # abandoned in turn, and replaced
@@ -157,6 +213,11 @@ class ThreadPool:
         run, get, idle = self.engine.run, self._work.get, self._idle.append
         threads, max_threads = self._threads, self.max_threads
         while (item := get()) is not None:
+            if isinstance(item, _ReadTurnToken):
+                assert self._turn is not None
+                if not self._turn.hold(self._run_held):
+                    return  # abandoned: a fresh thread has taken this one's place
+                continue
             request, reply, attempt, _ = item
             if len(threads) < max_threads:
                 # While the pool may still grow, the thread counts itself idle before it
@@ -182,18 +243,20 @@ class ThreadPool:
         assert self._batch is not None and isinstance(self.engine, BatchAttemptEngine)
         spec, engine, work = self._batch, self.engine, self._work
 
-        def take(timeout_s: float) -> tuple[TaskRequest, Reply, int, float] | None:
+        def take(timeout_s: float) -> _Work | None:
             if timeout_s:
-                return work.get(timeout=timeout_s)
-            # Tasks submitted together are put under this lock: taken under it too, a call
-            # sees all of them or none (a hybrid child gets a batch formed by its parent).
-            with self._lock:
-                return work.get_nowait()
+                item = work.get(timeout=timeout_s)
+            else:
+                # Tasks submitted together are put under this lock: taken under it too, a call
+                # sees all of them or none (a hybrid child gets a batch formed by its parent).
+                with self._lock:
+                    item = work.get_nowait()
+            return None if isinstance(item, _ReadTurnToken) else item
 
         while True:
             with self._take_lock:
                 first = work.get()
-                if first is None:
+                if first is None or isinstance(first, _ReadTurnToken):  # no turn is ever queued here (see host())
                     break
                 batch, stop = gather(spec, first, first[3], take)
             items: list[BatchItem] = [(request, reply, attempt) for request, reply, attempt, _ in batch]
@@ -207,11 +270,15 @@ class ThreadPool:
 
     def close(self, timeout_s: float | None = None) -> bool:
         """Finish the queued tasks, then stop the threads; False if that took longer than ``timeout_s``."""
+        self.stop_hosting()  # a thread waiting on stdin would never take the sentinel
         with self._lock:
             if not self._closed:
                 self._closed = True
                 self._work.put(None)
             stopped = self._all_stopped.wait_for(lambda: not self._threads, timeout_s)
+            turn, self._turn = (self._turn, None) if stopped else (None, self._turn)
+        if turn is not None:  # else a thread left behind could still poll its fds
+            turn.close()
         self.engine.close()
         return stopped
 
@@ -307,3 +374,8 @@ class ThreadRunner(PooledRunner):
     def from_settings(cls, settings: RunqySettings) -> Self:
         """``runner.max_threads`` if set, else ``python_workers``, else :func:`default_max_threads`."""
         return cls(settings.runner.max_threads or settings.python_workers, settings.retry_policy())
+
+    def stdin_host(self) -> StdinHost | None:
+        """The pool, which reads stdin in turns between tasks (not for a batch handler: its threads take batches)."""
+        pool = self._pool
+        return pool if pool is not None and pool.engine.handler.batch is None else None
