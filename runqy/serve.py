@@ -214,6 +214,7 @@ class Server:
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
             if host is None:
+                self.inflight.answer_in_place = self.runner.answers_in_place
                 self._start_reader()
             else:
                 # The threads that run the tasks read stdin and answer each task as it finishes:

@@ -48,6 +48,9 @@ class Runner(ABC):
     """
 
     capabilities: ClassVar[Capabilities]
+    #: Every answer comes from one thread that nothing else needs meanwhile (an event loop):
+    #: with few tasks in flight it writes each answer itself rather than wake the writer thread.
+    answers_in_place: ClassVar[bool] = False
 
     def __init__(self) -> None:
         #: Called when the runner can no longer run tasks; the serving loop then exits non-zero.

@@ -95,6 +95,9 @@ class AsyncRunner(Runner):
     """
 
     # A coroutine that never awaits (or an offloaded thread) cannot be stopped: no hard timeout.
+    # The loop thread writes a few answers in place: a small write to a pipe the Go worker
+    # keeps reading costs less than waking the writer thread for each.
+    answers_in_place: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities(
         hard_timeout=False, shares_load_context=True, cpu_parallel=False
     )
