@@ -22,6 +22,7 @@ import select
 import signal
 import stat
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from types import FrameType
@@ -46,6 +47,9 @@ _MAX_QUEUED: Final = 10_000
 #: call, also where each answer is otherwise written in place. A write per answer cost a
 #: stream a third of its throughput.
 _BURST_OPEN: Final = 32
+#: After a signal, once the last task is answered: how long the readers may go on refusing
+#: requests that stdin already holds, so that none sent before the signal is left unread.
+_LAST_READS_S: Final = 0.1
 #: In the error logged when a runner answers a task twice: the fault tests look for it on stderr.
 DUPLICATE_REPLY: Final = "was answered twice by the runner"
 
@@ -186,6 +190,8 @@ class Server:
         #: The incomplete last line of what was read so far; whichever thread reads next goes on from it.
         self._pending = b""
         self._eof = False
+        #: Notified after each read once shutdown began (see _refuse_what_stdin_holds).
+        self._read_done = threading.Condition()
         #: stdin and the inline thread's interrupt fd, polled together (built on first use).
         self._poll: tuple[int | None, select.poll] | None = None
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
@@ -277,6 +283,18 @@ class Server:
                 return
 
     def _read_chunk(self, interrupt_fd: int | None = None) -> list[tuple[TaskRequest, Reply]] | None:
+        """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
+
+        See :meth:`_read_lines`; once shutdown began, also tells a main thread waiting
+        for stdin to be read (refused lines are sent by then).
+        """
+        tasks = self._read_lines(interrupt_fd)
+        if self._reason is not None:
+            with self._read_done:
+                self._read_done.notify_all()
+        return tasks
+
+    def _read_lines(self, interrupt_fd: int | None) -> list[tuple[TaskRequest, Reply]] | None:
         """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
 
         When stdin has nothing yet, waits for it or for ``interrupt_fd``, and returns []
@@ -414,10 +432,30 @@ class Server:
             )
             count = self.inflight.give_up(why)
             log.warning("gave up on %d unfinished task(s): %s", count, why)
+        if reason is StopReason.SIGNAL:
+            self._refuse_what_stdin_holds()
         self.channel.flush()
         # The runner stays started: its owner reuses it for the next run, and closes it.
         self.drained = drained
         return 1 if reason is StopReason.FATAL else 0
+
+    def _refuse_what_stdin_holds(self) -> None:
+        """Let the readers take what stdin holds now: each request is refused ``retry: true``.
+
+        The Go worker keeps up to ``concurrency`` requests on their way; those sent before
+        the signal and not read yet when the last task finished would otherwise be left
+        in the pipe unanswered. The readers refuse them (admission is closed); this waits
+        until stdin has nothing left to read, for at most _LAST_READS_S, so that a sender
+        that goes on writing cannot hold the exit up.
+        """
+        deadline = time.monotonic() + _LAST_READS_S
+        stdin = select.poll()
+        stdin.register(self._stdin_fd, select.POLLIN)
+        with self._read_done:
+            # A reader notifies under this lock after its read, so a read between the poll
+            # and the wait still ends the wait.
+            while not self._eof and stdin.poll(0) and (left_s := deadline - time.monotonic()) > 0:
+                self._read_done.wait(left_s)
 
 
 def _nothing() -> None:
