@@ -10,15 +10,17 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import async_behaviours
 import behaviours
 import pytest
 
 from runqy.app import Registry
-from runqy.config.resolve import load_settings
+from runqy.config.resolve import load_settings, resolve_settings
 from runqy.local.driver import LocalWorker
 from runqy.runners.base import Runner
+from runqy.runners.eventloop import AsyncRunner
 
 #: Environment of every spawned worker: no RUNQY_* setting leaks in from the developer's shell.
 CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("RUNQY_")}
@@ -115,6 +117,22 @@ def capacity_of(runner_name: str, **env: str) -> int:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture
+def start_runner() -> Iterator[Callable[..., AsyncRunner]]:
+    """Start an async runner in this process over a registry, with settings as keywords; closed after the test."""
+    started: list[AsyncRunner] = []
+
+    def start(registry: Registry, **settings: Any) -> AsyncRunner:
+        runner = AsyncRunner.from_settings(resolve_settings({"runner_cls": "async", **settings}))
+        runner.start(registry)
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.close(CLOSE_TIMEOUT_S)
 
 
 @pytest.fixture

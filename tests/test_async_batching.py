@@ -17,39 +17,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import async_batch_behaviours
 import pytest
-from conftest import CLEAN_ENV, CLOSE_TIMEOUT_S, STARTUP_TIMEOUT_S
+from conftest import CLEAN_ENV, STARTUP_TIMEOUT_S
 from harness import WAIT_S, Replies, wait_for_files, wait_until
 
 from runqy import Worker, current_batch, load_settings
 from runqy.app import Registry
-from runqy.config.resolve import resolve_settings
 from runqy.local.driver import LocalWorker, make_request
 from runqy.protocol import TaskRequest
 from runqy.runners.eventloop import AsyncRunner
 from runqy.runners.thread import default_max_threads
 
 SIZE = async_batch_behaviours.BATCH_SIZE
-
-
-@pytest.fixture
-def start_runner() -> Iterator[Callable[..., AsyncRunner]]:
-    started: list[AsyncRunner] = []
-
-    def start(registry: Registry, **settings: Any) -> AsyncRunner:
-        runner = AsyncRunner.from_settings(resolve_settings({"runner_cls": "async", **settings}))
-        runner.start(registry)
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        runner.close(CLOSE_TIMEOUT_S)
 
 
 def behaviours_registry() -> Registry:

@@ -18,7 +18,7 @@ from typing import Any
 
 import async_behaviours
 import pytest
-from conftest import CLEAN_ENV, CLOSE_TIMEOUT_S, STARTUP_TIMEOUT_S, WorkerFactory
+from conftest import CLEAN_ENV, STARTUP_TIMEOUT_S, WorkerFactory
 from harness import Replies, wait_for_files, wait_until
 
 from runqy import current_task
@@ -47,21 +47,6 @@ def serve_behaviours() -> Iterator[Callable[..., LocalWorker]]:
     yield start
     for worker in workers:
         worker.__exit__(None, None, None)
-
-
-@pytest.fixture
-def start_runner() -> Iterator[Callable[..., AsyncRunner]]:
-    started: list[AsyncRunner] = []
-
-    def start(registry: Registry, **settings: Any) -> AsyncRunner:
-        runner = AsyncRunner.from_settings(resolve_settings({"runner_cls": "async", **settings}))
-        runner.start(registry)
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        runner.close(CLOSE_TIMEOUT_S)
 
 
 def test_a_plain_def_handler_is_refused_at_start_naming_the_thread_runner(

@@ -68,18 +68,6 @@ def test_a_child_stuck_holding_the_gil_is_killed_by_the_backstop() -> None:
         assert run_task(runner, request("pid")).result != child
 
 
-def test_a_task_that_brings_down_two_children_is_poison() -> None:
-    with started(HybridRunner, max_retries=3, threads_per_process=2) as runner:
-        response = run_task(runner, request("exit", task_id="poison"))
-        assert response.error is not None and "brought down 2 worker processes" in response.error
-        assert response.retry is False
-        # Redelivered by the Go worker: refused without bringing down a third child.
-        pids = runner.child_pids
-        again = run_task(runner, request("exit", task_id="poison"))
-        assert again.retry is False and "not run again" in (again.error or "")
-        assert runner.child_pids == pids
-
-
 def test_a_crash_loop_reports_a_fatal_error_and_answers_what_was_queued() -> None:
     fatal: list[BaseException] = []
     reported = threading.Event()
@@ -107,23 +95,6 @@ def test_max_tasks_per_child_recycles_the_child(caplog: pytest.LogCaptureFixture
         pids = [run_task(runner, request("pid")).result for _ in range(5)]
     assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
     assert any("max_tasks_per_child=2" in r.getMessage() for r in caplog.records)
-
-
-def test_a_child_that_keeps_memory_is_recycled_between_tasks(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="runqy")
-    with started(HybridRunner, max_memory_per_child_mb=100, threads_per_process=2) as runner:
-        leaked_in = run_task(runner, request("leak", mb=128))
-        assert leaked_in.error is None  # the task that leaked still succeeds
-        assert wait_gone(leaked_in.result)
-        assert run_task(runner, request("pid")).result != leaked_in.result
-    assert any("after a task (max_memory_per_child_mb=100)" in r.getMessage() for r in caplog.records)
-
-
-def test_a_memory_balloon_kills_the_child_and_fails_its_task() -> None:
-    with started(HybridRunner, max_memory_per_child_mb=200, threads_per_process=2) as runner:
-        response = run_task(runner, request("balloon"))
-        assert response.error is not None and "max_memory_per_child_mb=200" in response.error
-        assert run_task(runner, request("echo", value=3)).result["echo"] == 3
 
 
 def test_a_retiring_child_finishes_its_running_tasks_and_takes_no_new_ones(tmp_path: Path) -> None:

@@ -15,9 +15,18 @@ import pytest
 from process_helpers import request, run_task, started, submit, wait_for_file, wait_gone
 
 from runqy.errors import LoadFailed, RunnerBroken
+from runqy.runners.hybrid import HybridRunner
 from runqy.runners.process import PersistentProcessRunner
 
 pytestmark = pytest.mark.timeout(30)
+
+RunnerClass = type[PersistentProcessRunner]
+#: Also on the hybrid runner, whose children run tasks on threads: the same promises hold.
+ON_BOTH = pytest.mark.parametrize(
+    ("runner_class", "options"),
+    [(PersistentProcessRunner, {}), (HybridRunner, {"threads_per_process": 2})],
+    ids=["process", "hybrid"],
+)
 
 
 def test_each_child_loads_once_and_runs_tasks_in_parallel(tmp_path: Path) -> None:
@@ -55,8 +64,9 @@ def test_a_crashed_attempt_is_retried_locally() -> None:
         assert response.error is None and response.result == {"attempt": 2}
 
 
-def test_a_task_that_brings_down_two_children_is_poison() -> None:
-    with started(max_retries=3) as runner:
+@ON_BOTH
+def test_a_task_that_brings_down_two_children_is_poison(runner_class: RunnerClass, options: dict[str, int]) -> None:
+    with started(runner_class, max_retries=3, **options) as runner:
         response = run_task(runner, request("exit", task_id="poison"))
         assert response.error is not None and "brought down 2 worker processes" in response.error
         assert response.retry is False
@@ -110,16 +120,22 @@ def test_max_tasks_per_child_recycles_and_logs_each_recycle_once(caplog: pytest.
     assert len(recycles) == 2 and all("max_tasks_per_child=2" in line for line in recycles)
 
 
-def test_a_memory_balloon_is_stopped_before_the_machine_runs_out(tmp_path: Path) -> None:
-    with started(max_memory_per_child_mb=200) as runner:
+@ON_BOTH
+def test_a_memory_balloon_is_stopped_before_the_machine_runs_out(
+    runner_class: RunnerClass, options: dict[str, int]
+) -> None:
+    with started(runner_class, max_memory_per_child_mb=200, **options) as runner:
         response = run_task(runner, request("balloon"))
         assert response.error is not None and "max_memory_per_child_mb=200" in response.error
         assert run_task(runner, request("echo", value=3)).result["echo"] == 3
 
 
-def test_a_child_that_keeps_memory_is_recycled_between_tasks(caplog: pytest.LogCaptureFixture) -> None:
+@ON_BOTH
+def test_a_child_that_keeps_memory_is_recycled_between_tasks(
+    caplog: pytest.LogCaptureFixture, runner_class: RunnerClass, options: dict[str, int]
+) -> None:
     caplog.set_level(logging.INFO, logger="runqy")
-    with started(max_memory_per_child_mb=100) as runner:
+    with started(runner_class, max_memory_per_child_mb=100, **options) as runner:
         leaked_in = run_task(runner, request("leak", mb=128))
         assert leaked_in.error is None  # the task that leaked still succeeds
         assert wait_gone(leaked_in.result)
