@@ -32,14 +32,14 @@ from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Reply
 
-__all__ = ["HAND_OVER_AFTER_S", "InlineThread", "ReadChunk", "RunTask", "StdinHost"]
+__all__ = ["GUARD_IDLE_AFTER_S", "HAND_OVER_AFTER_S", "InlineThread", "Interrupt", "ReadChunk", "RunTask", "StdinHost"]
 
 log = logging.getLogger("runqy")
 
 #: How long the inline thread may run tasks while it is the reader before the helper reads instead.
 HAND_OVER_AFTER_S: Final = 0.01
-#: The helper stops ticking after this long without inline work, so an idle worker sleeps.
-_GUARD_IDLE_AFTER_S: Final = 1.0
+#: A guard stops ticking after this long without a task to watch, so an idle worker sleeps.
+GUARD_IDLE_AFTER_S: Final = 1.0
 
 T = TypeVar("T")
 Task = tuple[TaskRequest, Reply]
@@ -85,9 +85,7 @@ class InlineThread:
         self._last_work = time.monotonic()
         self._guard_sleeping = False
         self._closed = False
-        self._interrupt_r, self._interrupt_w = os.pipe()
-        os.set_blocking(self._interrupt_r, False)
-        os.set_blocking(self._interrupt_w, False)
+        self._interrupt = Interrupt()
         self._helper: threading.Thread | None = None
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
@@ -152,8 +150,7 @@ class InlineThread:
             self._helper.join(timeout_s)
         stopped = not self.thread.is_alive() and not (self._helper is not None and self._helper.is_alive())
         if stopped:  # else a late reader could poll a reused fd
-            os.close(self._interrupt_r)
-            os.close(self._interrupt_w)
+            self._interrupt.close()
         return stopped
 
     # --- the inline thread -------------------------------------------------------------------
@@ -189,7 +186,7 @@ class InlineThread:
                         return []
                     if not self._want_back:  # the helper reads: ask for reading back
                         self._want_back = True
-                        self._interrupt()
+                        self._interrupt.set()
                 elif self._closed:
                     return None
                 self._changed.wait()
@@ -198,13 +195,13 @@ class InlineThread:
         read = self._read
         if read is None:
             return
-        tasks = read(self._interrupt_r)
+        tasks = read(self._interrupt.fd)
         if tasks is None:
             self._end_reading()
         elif tasks:
             self._run(tasks)
         else:
-            self._drain_interrupts()
+            self._interrupt.clear()
 
     def _run(self, tasks: list[Task]) -> None:
         run_task, clock = self._run_task, time.monotonic
@@ -244,7 +241,7 @@ class InlineThread:
                         self._read_while_busy()
                     finally:
                         self._changed.acquire()
-                elif busy_since is None and now - self._last_work > _GUARD_IDLE_AFTER_S:
+                elif busy_since is None and now - self._last_work > GUARD_IDLE_AFTER_S:
                     # The flag first, then one more look: _run() writes the start of a task, then
                     # reads the flag (without the lock), so one of the two sees the other.
                     self._guard_sleeping = True
@@ -258,9 +255,9 @@ class InlineThread:
         """Read stdin and queue what it holds, until the inline thread wants reading back."""
         read = self._read
         while read is not None:
-            tasks = read(self._interrupt_r)
+            tasks = read(self._interrupt.fd)
             if tasks == []:
-                self._drain_interrupts()
+                self._interrupt.clear()
             with self._changed:
                 if tasks is None:
                     self._read = None
@@ -286,12 +283,28 @@ class InlineThread:
         """Wake whoever waits (called with the lock held), also a thread waiting on stdin."""
         self._changed.notify_all()
         if self._reader is not None:
-            self._interrupt()
+            self._interrupt.set()
 
-    def _interrupt(self) -> None:
+
+class Interrupt:
+    """A pipe that ends a reader's wait on stdin: readers poll :attr:`fd` beside stdin."""
+
+    def __init__(self) -> None:
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def set(self) -> None:
+        """Wake the reader waiting on :attr:`fd`, or the next one to wait."""
         with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already holds a wake-up
-            os.write(self._interrupt_w, b"!")
+            os.write(self._write_fd, b"!")
 
-    def _drain_interrupts(self) -> None:
+    def clear(self) -> None:
+        """Take back the wake-ups, once a reader has seen them."""
         with contextlib.suppress(BlockingIOError, OSError):
-            os.read(self._interrupt_r, 4096)
+            os.read(self.fd, 4096)
+
+    def close(self) -> None:
+        """Only once no thread can wait on :attr:`fd` any more: a reused fd would be polled instead."""
+        os.close(self.fd)
+        os.close(self._write_fd)

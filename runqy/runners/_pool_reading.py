@@ -27,13 +27,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Final
 
-from runqy.inline import ReadChunk, Task
+from runqy.inline import GUARD_IDLE_AFTER_S, Interrupt, ReadChunk, Task
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Reply
 
@@ -49,8 +48,6 @@ HAND_OVER_AFTER_S: Final = 0.001
 #: costs little, and no task then waits even ``HAND_OVER_AFTER_S`` behind another.
 _SLOW_TASK_S: Final = 0.01
 _EAGER_FOR_S: Final = 1.0
-#: The guard stops ticking after this long without a task run by the turn's holder, so an idle worker sleeps.
-_GUARD_IDLE_AFTER_S: Final = 1.0
 
 #: Runs one task to its end in the calling thread and answers it; False when that thread was abandoned.
 RunHeld = Callable[[TaskRequest, Reply], bool]
@@ -100,9 +97,7 @@ class ReadTurn:
         self._guard_sleeping = False
         self._guard: threading.Thread | None = None
         self._stopped = False
-        self._interrupt_r, self._interrupt_w = os.pipe()
-        os.set_blocking(self._interrupt_r, False)
-        os.set_blocking(self._interrupt_w, False)
+        self._interrupt = Interrupt()
 
     def host(self, read: ReadChunk) -> bool:
         """Read with ``read`` from now on; True when the caller must queue the turn. Called with the lock held."""
@@ -118,8 +113,7 @@ class ReadTurn:
     def stop_hosting(self) -> None:
         """No further reads; a read under way returns at once (interrupted)."""
         self.read = None
-        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already holds a wake-up
-            os.write(self._interrupt_w, b"!")
+        self._interrupt.set()
 
     def hold(self, run: RunHeld) -> bool:
         """Hold the turn in the calling thread until it is taken away or reading stops; False if abandoned."""
@@ -180,14 +174,13 @@ class ReadTurn:
         read = self.read
         if read is None:
             return []
-        tasks = read(self._interrupt_r)
+        tasks = read(self._interrupt.fd)
         if tasks is None:
             with self._lock:
                 self.read = None  # stdin is closed: nobody reads again
             return []
         if not tasks:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.read(self._interrupt_r, 4096)
+            self._interrupt.clear()
         return tasks
 
     def _watch(self) -> None:
@@ -208,7 +201,7 @@ class ReadTurn:
                         wait_s = busy_since + limit_s - now
                     elif self._holder is not None:
                         self._take_turn_away()
-                elif now - self._last_work > _GUARD_IDLE_AFTER_S:
+                elif now - self._last_work > GUARD_IDLE_AFTER_S:
                     # The flag first, then one more look: the holder writes its start, then reads
                     # the flag (without the lock), so one of the two sees the other.
                     self._guard_sleeping = True
@@ -238,5 +231,4 @@ class ReadTurn:
             self._wake_guard.notify()
         if self._guard is not None:
             self._guard.join()
-        os.close(self._interrupt_r)
-        os.close(self._interrupt_w)
+        self._interrupt.close()
