@@ -15,6 +15,7 @@ from typing import Any
 import async_behaviours
 import behaviours
 import pytest
+from runner_params import CLEAN_ENV
 
 from runqy.app import Registry
 from runqy.config.resolve import load_settings, resolve_settings
@@ -23,7 +24,6 @@ from runqy.runners.base import Runner
 from runqy.runners.eventloop import AsyncRunner
 
 #: Environment of every spawned worker: no RUNQY_* setting leaks in from the developer's shell.
-CLEAN_ENV = {key: value for key, value in os.environ.items() if not key.startswith("RUNQY_")}
 
 WorkerFactory = Callable[..., LocalWorker]
 

@@ -11,14 +11,13 @@ import asyncio
 import json
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import async_behaviours
 import pytest
-from conftest import CLEAN_ENV, STARTUP_TIMEOUT_S, WorkerFactory
+from conftest import WorkerFactory
 from harness import Replies, wait_for_files, wait_until
 
 from runqy import current_task
@@ -30,23 +29,14 @@ from runqy.protocol import TaskRequest
 from runqy.runners.eventloop import AsyncRunner
 
 IN_FLIGHT = 1000
+#: The runner's slots for that many: conftest's async runner has fewer.
+EVERY_TASK_IN_FLIGHT = {"RUNQY_RUNNER__MAX_CONCURRENCY": str(IN_FLIGHT)}
 
 
 @pytest.fixture
-def serve_behaviours() -> Iterator[Callable[..., LocalWorker]]:
-    """The async behaviours worker as a real process on the async runner (``runqy run``), ready."""
-    workers: list[LocalWorker] = []
-
-    def start(**env: str) -> LocalWorker:
-        target = str(Path(async_behaviours.__file__))
-        worker = LocalWorker.for_target(target, env={**CLEAN_ENV, "RUNQY_RUNNER_CLS": "async", **env})
-        workers.append(worker)
-        worker.wait_ready(STARTUP_TIMEOUT_S)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.__exit__(None, None, None)
+def runner_name() -> str:
+    """The workers this module spawns (conftest's ``spawn``) run on the async runner."""
+    return "async"
 
 
 def test_a_plain_def_handler_is_refused_at_start_naming_the_thread_runner(
@@ -261,9 +251,9 @@ def test_five_hundred_http_calls_in_flight_are_each_answered_with_the_servers_re
 
 @pytest.mark.timeout(120)
 def test_a_timed_out_attempt_is_retried_at_once_while_a_thousand_others_keep_running(
-    serve_behaviours: Callable[..., LocalWorker],
+    spawn: Callable[..., LocalWorker],
 ) -> None:
-    worker = serve_behaviours(RUNQY_TASK_TIMEOUT_S="0.3", RUNQY_MAX_RETRIES="1", RUNQY_RETRY_BACKOFF_S="0")
+    worker = spawn(**EVERY_TASK_IN_FLIGHT, RUNQY_TASK_TIMEOUT_S="0.3", RUNQY_MAX_RETRIES="1", RUNQY_RETRY_BACKOFF_S="0")
     requests = [make_request({"op": "work", "seconds": 0.2}) for _ in range(5 * IN_FLIGHT)]
     stuck = make_request({"op": "stuck_first"}, task_id="stuck")
     requests.insert(2 * IN_FLIGHT, stuck)
@@ -280,10 +270,10 @@ def test_a_timed_out_attempt_is_retried_at_once_while_a_thousand_others_keep_run
 
 @pytest.mark.timeout(120)
 def test_sigterm_with_a_thousand_in_flight_answers_every_accepted_task_and_exits_zero(
-    serve_behaviours: Callable[..., LocalWorker], tmp_path: Path
+    spawn: Callable[..., LocalWorker], tmp_path: Path
 ) -> None:
     # Half the tasks outlast shutdown_timeout_s: they are given up on and answered retry: true.
-    worker = serve_behaviours(RUNQY_SHUTDOWN_TIMEOUT_S="1")
+    worker = spawn(**EVERY_TASK_IN_FLIGHT, RUNQY_SHUTDOWN_TIMEOUT_S="1")
     requests = [
         make_request({"op": "work", "seconds": 0.2 if n % 2 else 30.0, "dir": str(tmp_path)}) for n in range(IN_FLIGHT)
     ]
