@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,6 @@ def write_config(directory: Path, body: str, name: str = "runqy.toml") -> Path:
 
 def flat(settings: Any) -> dict[str, Any]:
     """Settings as dotted names, as ``runqy config --json`` names them in "sources"."""
-    values = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)
+    values = asdict(settings) if is_dataclass(settings) else dict(settings)
     runner = values.pop("runner")
     return {**values, **{f"runner.{key}": value for key, value in runner.items()}}

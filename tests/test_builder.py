@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ def test_each_runner_method_sets_the_runner_and_its_options() -> None:
         "runner_cls": "process",
         "runner": {"num_processes": 2, "start_method": "forkserver"},
     }
-    assert RunqyBuilder().hybrid_runner(num_processes=2, threads_per_process=4).settings().runner.model_dump() == {
+    assert asdict(RunqyBuilder().hybrid_runner(num_processes=2, threads_per_process=4).settings().runner) == {
         "max_threads": None,
         "num_processes": 2,
         "threads_per_process": 4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_a_default_value_spelt_out_is_not_reported() -> None:
     """Re-validating resolved settings (a dump, a copy in a child) must not turn defaults into warnings."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConfigWarning)
-        dump = resolve_settings({"runner_cls": "process"}).model_dump()
+        dump = asdict(resolve_settings({"runner_cls": "process"}))
         assert resolve_settings(dump).runner_cls == "process"
 
 

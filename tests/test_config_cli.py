@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,8 @@ def test_run_help_explains_every_setting_with_its_variable() -> None:
     ).stdout
     flat = " ".join(shown.split())  # argparse wraps long help lines
     descriptions = setting_descriptions()
-    fields = [("", name, name) for name in RunqySettings.model_fields if name != "runner"]
-    fields += [("RUNNER__", name, f"runner.{name}") for name in RunnerOptions.model_fields]
+    fields = [("", spec.name, spec.name) for spec in dataclass_fields(RunqySettings) if spec.name != "runner"]
+    fields += [("RUNNER__", spec.name, f"runner.{spec.name}") for spec in dataclass_fields(RunnerOptions)]
     for prefix, name, dotted in fields:
         assert descriptions.get(dotted), f"{dotted} has no docstring in runqy/config/settings.py"
         first_words = " ".join(descriptions[dotted].replace("``", "").split()[:4])

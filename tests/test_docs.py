@@ -80,7 +80,7 @@ def table_rows() -> dict[str, list[str]]:
 
 def test_table_lists_every_setting_with_its_env_var_and_default() -> None:
     rows = table_rows()
-    defaults = flat(RunqySettings.model_construct())
+    defaults = flat(RunqySettings())
     assert sorted(rows) == sorted(defaults)
     for field, (env_var, default, _honoured, _meaning) in rows.items():
         assert env_var == "RUNQY_" + field.upper().replace(".", "__")

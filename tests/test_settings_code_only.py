@@ -1,8 +1,9 @@
 """Settings given in code alone: built without pydantic-settings, and the same as through every source.
 
 A worker with no ``RUNQY_*`` setting, no ``RUNQY_CONFIG`` file and no ``[tool.runqy]``
-table starts without importing pydantic-settings; its settings, errors and warnings
-must be exactly those of the full resolution. An empty ``[tool.runqy]`` table sets
+table starts without importing pydantic-settings, and without pydantic when its values
+need no validation; its settings, errors and warnings must be exactly those of the
+full resolution. An empty ``[tool.runqy]`` table sets
 nothing but makes the full resolution run, so comparing the two folders compares the
 two ways.
 """
@@ -14,6 +15,7 @@ import os
 import subprocess
 import sys
 import warnings
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +23,16 @@ import pytest
 from config_env import isolate, write_pyproject
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ConfigDict, ValidationError
+from pydantic import ValidationError
 
-from runqy.config.as_given import kept_as_given
+from runqy.config.as_given import as_validated
 from runqy.config.presence import outside_sources
 from runqy.config.resolve import resolve_settings
-from runqy.config.settings import RunnerOptions, RunqySettings, construct_checked
+from runqy.config.settings import RunqySettings
+from runqy.config.validation import validated_values
 from runqy.errors import ConfigError
 
-FIELDS = set(RunqySettings.model_fields)
+FIELDS = {spec.name for spec in fields(RunqySettings)}
 
 WORKER = """\
 import sys
@@ -203,62 +206,52 @@ def validated(values: dict[str, Any], build: Any) -> tuple[Any, list[str]]:
             settings: RunqySettings = build(values)
         except (ValidationError, ConfigError):
             return "rejected", []
-    typed = {name: (type(value), value) for name, value in settings.model_dump().items() if name != "runner"}
-    runner = {name: (type(value), value) for name, value in settings.runner.model_dump().items()}
-    return (typed, runner, settings.model_fields_set), [str(w.message) for w in caught]
+    typed = {name: (type(value), value) for name, value in asdict(settings).items() if name != "runner"}
+    runner = {name: (type(value), value) for name, value in asdict(settings.runner).items()}
+    return (typed, runner), [str(w.message) for w in caught]
+
+
+def through_pydantic(values: dict[str, Any]) -> RunqySettings:
+    return RunqySettings(**validated_values(RunqySettings, values))
 
 
 @settings(max_examples=300, deadline=None)
 @given(code_values)
-def test_values_kept_as_given_make_the_settings_validation_makes(values: dict[str, Any]) -> None:
-    if not kept_as_given(RunqySettings, values):
+def test_values_checked_without_pydantic_make_the_settings_pydantic_makes(values: dict[str, Any]) -> None:
+    if as_validated(RunqySettings, values) is None:
         return  # validated by pydantic on either path
-    assert validated(values, construct_checked) == validated(values, lambda v: RunqySettings(**v))
+    assert validated(values, lambda v: RunqySettings(**v)) == validated(values, through_pydantic)
 
 
-def test_what_is_kept_as_given() -> None:
-    assert kept_as_given(RunqySettings, {})
-    assert kept_as_given(RunqySettings, {"python_workers": 4, "log_level": "DEBUG", "task_timeout_s": 2.5})
+def test_what_needs_no_pydantic() -> None:
+    assert as_validated(RunqySettings, {}) == {}
+    plain = {"python_workers": 4, "log_level": "DEBUG", "task_timeout_s": 2.5, "retry_exceptions": ["OSError"]}
+    assert as_validated(RunqySettings, plain) == plain
+    converted = as_validated(RunqySettings, {"task_timeout_s": 5, "runner": {"max_threads": 2}})
+    assert converted is not None and type(converted["task_timeout_s"]) is float
+    assert converted["runner"].max_threads == 2
     for needs_pydantic in (
         {"python_workers": "4"},  # text for a number: converted
         {"python_workers": True},  # a bool for an int: converted
-        {"task_timeout_s": 5},  # an int for a float: becomes 5.0
+        {"task_timeout_s": 2**60},  # an int no float holds exactly
         {"python_workers": 0},  # out of bounds: pydantic's error
         {"log_level": "info"},  # not one of the literals
-        {"retry_exceptions": []},  # a list, and a field with a validator of its own
-        {"runner": {"max_threads": 2}},  # a table
+        {"retry_exceptions": ("OSError",)},  # a tuple for a list
+        {"runner": {"max_threads": "2"}},  # a table with a value to convert
+        {"runner": {"max_thread": 2}},  # a table with an unknown key
         {"no_such_setting": 1},
     ):
-        assert not kept_as_given(RunqySettings, needs_pydantic), needs_pydantic
+        assert as_validated(RunqySettings, needs_pydantic) is None, needs_pydantic
 
 
-def test_a_model_option_that_may_change_values_sends_every_value_to_pydantic() -> None:
-    class Stripped(RunqySettings):
-        model_config = ConfigDict(str_strip_whitespace=True)
-
-    assert not kept_as_given(Stripped, {"metrics_address": " 0.0.0.0 "})
-    assert not kept_as_given(Stripped, {})
-
-
-def test_construct_checked_runs_every_model_validator() -> None:
-    # construct_checked runs what _check_combination runs: another model validator would be skipped.
-    assert set(RunqySettings.__pydantic_decorators__.model_validators) == {"_check_combination"}
-    assert set(RunnerOptions.__pydantic_decorators__.model_validators) == set()
-    assert set(RunnerOptions.__pydantic_decorators__.field_validators) == set()
-
-
-@pytest.mark.parametrize("kwargs", ["{}", '{"workers": 3}'])
-def test_a_worker_configured_in_code_alone_builds_no_validator(tmp_path: Path, kwargs: str) -> None:
-    """Neither pydantic's plugin lookup (importlib.metadata) nor any settings validator before it serves."""
+@pytest.mark.parametrize("kwargs", ["{}", '{"workers": 3}', '{"workers": 3, "task_timeout_s": 30}'])
+def test_a_worker_configured_in_code_alone_imports_no_pydantic(tmp_path: Path, kwargs: str) -> None:
+    """Neither pydantic nor pydantic's plugin lookup (importlib.metadata) before it serves."""
     (tmp_path / "worker.py").write_text(
         WORKER.replace("{kwargs}", kwargs).replace(
             'return {"pydantic_settings": "pydantic_settings" in sys.modules}',
-            "from runqy.config.settings import RunqySettings\n"
-            '    heavy = ("pydantic_settings", "importlib.metadata", "pydantic.plugin._loader")\n'
-            "    return {\n"
-            '        "loaded": [name for name in heavy if name in sys.modules],\n'
-            '        "validator_built": RunqySettings.__pydantic_complete__,\n'
-            "    }",
+            'heavy = ("pydantic", "pydantic_settings", "importlib.metadata")\n'
+            '    return {"loaded": [name for name in heavy if name in sys.modules]}',
         )
     )
-    assert serve_one(tmp_path, ["worker.py"]) == {"loaded": [], "validator_built": False}
+    assert serve_one(tmp_path, ["worker.py"]) == {"loaded": []}

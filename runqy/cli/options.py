@@ -7,10 +7,9 @@ import json
 import types
 import typing
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
-
-from pydantic.fields import FieldInfo
 
 from runqy.config.settings import RunnerOptions, RunqySettings, env_var
 from runqy.errors import ConfigError
@@ -56,12 +55,13 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
     """One option per settings field, so the command line can set anything a TOML file can."""
     parser.formatter_class = _SettingsHelpFormatter
     group = parser.add_argument_group("settings (win over RUNQY_* variables and TOML files)")
-    for prefix, fields in (("", RunqySettings.model_fields), ("runner.", RunnerOptions.model_fields)):
-        for name, info in fields.items():
+    for prefix, settings_cls in (("", RunqySettings), ("runner.", RunnerOptions)):
+        for spec in fields(settings_cls):
+            name = spec.name
             if name == "runner":
                 continue
             flags = [f"--{name.replace('_', '-')}", *_ALIASES.get(name, [])]
-            kind, choices = _option_type(info)
+            kind, choices = _option_type(spec.type)
             group.add_argument(
                 *flags,
                 dest=f"{_SETTING}{prefix}{name}",
@@ -96,8 +96,7 @@ def settings_arguments(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _option_type(info: FieldInfo) -> tuple[Any, list[str] | None]:
-    annotation = info.annotation
+def _option_type(annotation: Any) -> tuple[Any, list[str] | None]:
     args = [a for a in typing.get_args(annotation) if a is not type(None)] if _is_union(annotation) else [annotation]
     base = args[0] if args else str
     if typing.get_origin(base) is Literal:

@@ -13,11 +13,8 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel
 
 from runqy.config.catalog import BUILTIN_RUNNERS, RUNNER_SPECIFIC_FIELDS, RunnerSpec, find_builtin, import_runner
 from runqy.errors import ConfigError, ConfigWarning
@@ -41,9 +38,8 @@ DERIVED_FROM = {"runner_cls": "python_workers", "runner.max_threads": "python_wo
 #: ``RUNQY_*`` variables that are not settings but that runqy itself reads.
 NON_SETTING_ENV_VARS = frozenset({"RUNQY_CONFIG", "RUNQY_CHILD_PROCESS"})
 
-#: The packages whose frames stand between a warning and the code that built the settings
-#: (pydantic-settings only when it was imported: it is not, for settings given in code alone).
-_INTERNAL_PACKAGES = ("runqy.config", "pydantic", "pydantic_settings")
+#: The packages whose frames stand between a warning and the code that built the settings.
+_INTERNAL_PACKAGES = ("runqy.config", "pydantic", "pydantic_core", "pydantic_settings")
 
 # A more useful fix than "remove it" for options that are often confused.
 _HINTS = {
@@ -167,11 +163,10 @@ def _warn_ignored_options(settings: RunqySettings, spec: RunnerSpec) -> None:
 
 
 def _differs_from_default(settings: RunqySettings, dotted: str) -> bool:
-    owner: BaseModel = settings
     table, _, name = dotted.rpartition(".")
-    if table:
-        owner = getattr(settings, table)
-    return bool(getattr(owner, name) != type(owner).model_fields[name].default)
+    owner = getattr(settings, table) if table else settings
+    (spec,) = (spec for spec in fields(owner) if spec.name == name)
+    return bool(getattr(owner, name) != spec.default)
 
 
 def _warn(field: str, what: str, fix: str) -> None:
@@ -182,17 +177,18 @@ def caller_stacklevel() -> int:
     """The stack level of the first frame outside runqy and pydantic: the code that built the settings.
 
     The warning then points at the user's ``run()`` or builder call rather than at
-    pydantic's validation machinery.
+    the settings' construction or pydantic's validation machinery. Frames are told by
+    their module's name, which the ``__init__`` that dataclasses generate shares with
+    the class (its file name is no real file).
     """
-    prefixes = tuple(
-        str(Path(str(module.__file__)).parent)
-        for module in map(sys.modules.get, _INTERNAL_PACKAGES)
-        if module is not None and module.__file__ is not None
-    )
     level, frame = 1, sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename.startswith(prefixes):
+    while frame.f_back is not None and _internal(frame.f_globals.get("__name__", "")):
         level, frame = level + 1, frame.f_back
     return level
+
+
+def _internal(module: str) -> bool:
+    return any(module == package or module.startswith(f"{package}.") for package in _INTERNAL_PACKAGES)
 
 
 def check_environment(environ: Mapping[str, str], known: set[str]) -> None:

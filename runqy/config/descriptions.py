@@ -1,15 +1,14 @@
 """What each setting means, in words: the docstring under its field in :mod:`runqy.config.settings`.
 
-Read only to describe settings (``runqy run --help``): the models do not collect their
-docstrings when they are built, since parsing the source at every start would cost a
-worker more than building the models does.
+Read only to describe settings (``runqy run --help``): parsing the source at every
+start would cost a worker more than building its settings does.
 """
 
 from __future__ import annotations
 
 from functools import cache
 
-# pydantic's own reader of attribute docstrings, the one ``use_attribute_docstrings`` runs.
+# pydantic's own reader of attribute docstrings (``use_attribute_docstrings``), which reads any class.
 from pydantic._internal._docs_extraction import extract_docstrings_from_cls
 
 from runqy.config.settings import RunnerOptions, RunqySettings

@@ -14,6 +14,8 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
+from dataclasses import asdict
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from pydantic import ValidationError
@@ -82,7 +84,7 @@ def origin_of(dotted: str, layers: list[Layer]) -> str | None:
 def origins(settings: RunqySettings, layers: list[Layer]) -> dict[str, str]:
     """The origin of every setting, by dotted name; derived values name the origin of their source field."""
     result: dict[str, str] = {}
-    defaults = _dotted_values(RunqySettings.model_construct())
+    defaults = _dotted_values(RunqySettings())
     for dotted, value in _dotted_values(settings).items():
         origin = origin_of(dotted, layers)
         if origin is None and dotted in DERIVED_FROM and value != defaults[dotted]:
@@ -92,7 +94,7 @@ def origins(settings: RunqySettings, layers: list[Layer]) -> dict[str, str]:
 
 
 def _dotted_values(settings: RunqySettings) -> dict[str, Any]:
-    values = settings.model_dump(mode="json")
+    values = asdict(settings)
     runner = values.pop("runner")
     return {**values, **{f"runner.{name}": value for name, value in runner.items()}}
 
@@ -112,21 +114,22 @@ def describe_origin(origin: str) -> str:
 
 
 def describe_errors(
-    exc: ValidationError, overrides: Mapping[str, Any], *, code_origin: str = "code"
+    exc: ValidationError | ConfigError, overrides: Mapping[str, Any], *, code_origin: str = "code"
 ) -> tuple[str, tuple[str, ...]]:
-    """A ValidationError in words, each bad field with the source it came from; and the dotted fields."""
+    """Invalid settings in words, each bad field with the source it came from; and the dotted fields.
+
+    ``exc`` is pydantic's error about single values, or runqy's about their combination.
+    """
     layers = source_layers(overrides, code_origin=code_origin)
     lines = ["invalid runqy settings:"]
+    if isinstance(exc, ConfigError):
+        where = [f"{f} from {describe_origin(origin_of(f, layers) or DEFAULT)}" for f in exc.fields]
+        lines.append(f"  {exc}" + (f" ({'; '.join(where)})" if where else ""))
+        return "\n".join(lines), exc.fields
     fields: list[str] = []
     for error in exc.errors():
-        cause = (error.get("ctx") or {}).get("error")
-        if isinstance(cause, ConfigError):  # a whole-configuration check (runqy.config.checks)
-            where = [f"{f} from {describe_origin(origin_of(f, layers) or DEFAULT)}" for f in cause.fields]
-            lines.append(f"  {cause}" + (f" ({'; '.join(where)})" if where else ""))
-            fields += cause.fields
-            continue
         dotted = ".".join(str(part) for part in error["loc"])
-        if not dotted:  # raised while checking the whole model, outside runqy's own checks
+        if not dotted:  # about the whole model
             lines.append(f"  {error['msg']}")
             continue
         fields.append(dotted)
@@ -140,7 +143,7 @@ def describe_errors(
 
 def _unknown_key(dotted: str, origin: str) -> str:
     parent, _, key = dotted.rpartition(".")
-    valid = list((RunnerOptions if parent == "runner" else RunqySettings).model_fields)
+    valid = [spec.name for spec in dataclass_fields(RunnerOptions if parent == "runner" else RunqySettings)]
     close = difflib.get_close_matches(key, valid, n=1)
     fix = f"did you mean {close[0]!r}?" if close else f"valid keys here: {', '.join(valid)}"
     if origin.startswith("config:") and key == "tool":

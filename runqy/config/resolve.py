@@ -6,10 +6,10 @@ through :mod:`runqy.config.provenance`, says which source set each field when a 
 is wrong or ignored, and for ``runqy config``.
 
 When no source outside the code has anything to say (:mod:`runqy.config.presence`),
-pydantic builds the settings from the defaults and the code's values alone, and
+the settings are built from the defaults and the code's values alone, and
 pydantic-settings is not imported; values that validation would keep as they are
-(:mod:`runqy.config.as_given`) are not even validated. Should that fail or warn, the
-full resolution runs instead and reports it, so errors and warnings are the same
+(:mod:`runqy.config.as_given`) do not even import pydantic. Should that fail or warn,
+the full resolution runs instead and reports it, so errors and warnings are the same
 either way.
 """
 
@@ -18,14 +18,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import asdict, fields
 from typing import Any
 
-from pydantic import ValidationError
-
-from runqy.config.as_given import kept_as_given
 from runqy.config.checks import caller_stacklevel, check_environment, resolve_runner
 from runqy.config.presence import outside_sources
-from runqy.config.settings import RunqySettings, construct_checked
+from runqy.config.settings import RunqySettings
 from runqy.errors import ConfigError, ConfigWarning
 
 __all__ = ["describe_settings", "load_settings", "resolve_settings"]
@@ -39,9 +37,9 @@ def resolve_settings(overrides: Mapping[str, Any] | None = None, *, code_origin:
     field and the source (file, environment variable or code) it came from.
     """
     overrides = dict(overrides or {})
-    fields = set(RunqySettings.model_fields)
-    check_environment(os.environ, fields)
-    if not outside_sources(fields):
+    names = {spec.name for spec in fields(RunqySettings)}
+    check_environment(os.environ, names)
+    if not outside_sources(names):
         settings = _from_code_alone(overrides)
         if settings is not None:
             return settings
@@ -49,7 +47,7 @@ def resolve_settings(overrides: Mapping[str, Any] | None = None, *, code_origin:
 
 
 def _from_code_alone(overrides: dict[str, Any]) -> RunqySettings | None:
-    """The settings when nothing outside the code sets any: the defaults and ``overrides``, by pydantic alone.
+    """The settings when nothing outside the code sets any: the defaults and ``overrides``.
 
     None when they are invalid or warned about: only the full resolution knows the
     source of each value, which its messages name.
@@ -58,11 +56,8 @@ def _from_code_alone(overrides: dict[str, Any]) -> RunqySettings | None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
         try:
-            if kept_as_given(RunqySettings, overrides):
-                settings = construct_checked(overrides)
-            else:
-                settings = RunqySettings(**overrides)
-        except (ValidationError, ConfigError):  # ConfigError: a combination construct_checked rejects
+            settings = RunqySettings(**overrides)
+        except (TypeError, ValueError):  # a key that is no setting, pydantic's ValidationError, a ConfigError
             settings = None
     for record in caught:
         if issubclass(record.category, ConfigWarning):
@@ -73,17 +68,24 @@ def _from_code_alone(overrides: dict[str, Any]) -> RunqySettings | None:
 
 
 def _from_every_source(overrides: dict[str, Any], code_origin: str) -> RunqySettings:
+    from pydantic import ValidationError
+
     from runqy.config.provenance import describe_errors
-    from runqy.config.sources import settings_from_sources
+    from runqy.config.sources import values_from_sources
 
     # Held back and issued again below with the source of each field, which only this level knows.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
         try:
-            settings = settings_from_sources(overrides)
+            values = values_from_sources(overrides)
         except ValidationError as exc:
-            message, fields = describe_errors(exc, overrides, code_origin=code_origin)
-            raise ConfigError(message, fields=fields) from exc
+            message, names = describe_errors(exc, overrides, code_origin=code_origin)
+            raise ConfigError(message, fields=names) from exc
+        try:
+            settings = RunqySettings(**values)
+        except ConfigError as exc:  # a whole-configuration check (runqy.config.checks)
+            message, names = describe_errors(exc, overrides, code_origin=code_origin)
+            raise ConfigError(message, fields=names) from exc
     _issue_again(caught, overrides, code_origin)
     return settings
 
@@ -133,7 +135,7 @@ def describe_settings(overrides: Mapping[str, Any] | None = None, *, code_origin
     except ConfigError as exc:
         available, unavailable_reason = False, str(exc)
     return {
-        "settings": settings.model_dump(mode="json"),
+        "settings": asdict(settings),
         "sources": origins(settings, source_layers(overrides, code_origin=code_origin)),
         "runner": {
             "name": runner.name,

@@ -1,7 +1,7 @@
 """Reading settings from the environment and TOML files: the pydantic-settings side of :class:`RunqySettings`.
 
-:class:`SettingsFromSources` is :class:`RunqySettings` with pydantic-settings'
-sources, highest first: values in code, ``RUNQY_*`` variables, the ``RUNQY_CONFIG``
+:data:`SettingsFromSources` is the model of :class:`RunqySettings` with
+pydantic-settings' sources, highest first: values in code, ``RUNQY_*`` variables, the ``RUNQY_CONFIG``
 file, ``[tool.runqy]`` of ``./pyproject.toml``. Settings resolution, ``runqy config``
 and :mod:`runqy.config.provenance` all read the sources through this module, so what is
 reported is what is used. It is imported only when one of those sources has something
@@ -23,22 +23,21 @@ from pydantic_settings import (
 )
 
 from runqy.config.settings import ENV_NESTED_DELIMITER, ENV_PREFIX, RunqySettings, config_file_path
+from runqy.config.validation import from_model, model_of
 from runqy.errors import ConfigError
 
-__all__ = ["SettingsFromSources", "file_sources", "settings_from_sources"]
+__all__ = ["SettingsFromSources", "file_sources", "values_from_sources"]
 
 PYPROJECT_TABLE = ("tool", "runqy")
 
 
-class SettingsFromSources(RunqySettings, BaseSettings):
-    """:class:`RunqySettings`, each field read from code, the environment and the TOML files."""
+class _ReadFromSources(BaseSettings):
+    """The base of :data:`SettingsFromSources`: which sources are read, in which order."""
 
-    # Stated in full: BaseSettings' own configuration would otherwise win over RunqySettings'.
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=ENV_NESTED_DELIMITER,
         extra="forbid",
-        frozen=True,
         validate_default=True,
         pyproject_toml_table_header=PYPROJECT_TABLE,
     )
@@ -55,15 +54,17 @@ class SettingsFromSources(RunqySettings, BaseSettings):
         return (init_settings, env_settings, *(source for _, source in file_sources(settings_cls)))
 
 
-def settings_from_sources(overrides: Mapping[str, Any]) -> RunqySettings:
-    """Resolve every source through pydantic-settings; raises pydantic's ValidationError.
+#: :class:`RunqySettings` as a pydantic-settings model: each field read from code, the environment and the TOML files.
+SettingsFromSources = model_of(RunqySettings, _ReadFromSources)
 
-    The result is a plain :class:`RunqySettings`, equal to one built from the same
-    values in code: which sources were read is no part of the settings.
+
+def values_from_sources(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Every field's value, read from every source and validated; raises pydantic's ValidationError.
+
+    Keyword arguments of :class:`RunqySettings`, which checks the whole configuration
+    when built from them: which sources were read is no part of the settings.
     """
-    resolved = SettingsFromSources(**overrides)
-    values = {name: getattr(resolved, name) for name in RunqySettings.model_fields}
-    return RunqySettings.model_construct(resolved.model_fields_set, **values)
+    return from_model(RunqySettings, SettingsFromSources(**overrides))
 
 
 def file_sources(settings_cls: type[BaseSettings]) -> list[tuple[str, PydanticBaseSettingsSource]]:
