@@ -244,14 +244,20 @@ def test_what_needs_no_pydantic() -> None:
         assert as_validated(RunqySettings, needs_pydantic) is None, needs_pydantic
 
 
-@pytest.mark.parametrize("kwargs", ["{}", '{"workers": 3}', '{"workers": 3, "task_timeout_s": 30}'])
+@pytest.mark.parametrize(
+    "kwargs",
+    ["{}", '{"workers": 3}', '{"workers": 3, "task_timeout_s": 30}', "runqy run --workers 3 --task-timeout-s 30"],
+)
 def test_a_worker_configured_in_code_alone_imports_no_pydantic(tmp_path: Path, kwargs: str) -> None:
     """Neither pydantic nor pydantic's plugin lookup (importlib.metadata) before it serves."""
     (tmp_path / "worker.py").write_text(
-        WORKER.replace("{kwargs}", kwargs).replace(
+        WORKER.replace("{kwargs}", "{}" if kwargs.startswith("runqy") else kwargs).replace(
             'return {"pydantic_settings": "pydantic_settings" in sys.modules}',
             'heavy = ("pydantic", "pydantic_settings", "importlib.metadata")\n'
             '    return {"loaded": [name for name in heavy if name in sys.modules]}',
         )
     )
-    assert serve_one(tmp_path, ["worker.py"]) == {"loaded": []}
+    command = ["worker.py"]
+    if kwargs.startswith("runqy run"):
+        command = ["-m", "runqy", "run", "worker.py", *kwargs.split()[2:]]
+    assert serve_one(tmp_path, command) == {"loaded": []}
