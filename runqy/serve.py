@@ -192,6 +192,10 @@ class Server:
         self._eof = False
         #: Notified after each read once shutdown began (see _refuse_what_stdin_holds).
         self._read_done = threading.Condition()
+        #: Held by a hosted read from start to end; once ``_hosting_over`` is set under it, no
+        #: read touches stdin, whose blocking mode may then be restored (see serve()).
+        self._hosted_read = threading.Lock()
+        self._hosting_over = False
         #: stdin and the inline thread's interrupt fd, polled together (built on first use).
         self._poll: tuple[int | None, select.poll] | None = None
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
@@ -239,6 +243,10 @@ class Server:
                 self._wake_w = -1
             if host is not None:
                 host.stop_hosting()
+                # A thread may have taken the read function before stop_hosting() and read once
+                # more: in blocking mode, with stdin open and quiet, that read would never return.
+                with self._hosted_read:
+                    self._hosting_over = True
                 restore_blocking()
 
     def _stop_with(self, reason: StopReason) -> None:
@@ -266,13 +274,16 @@ class Server:
             self._stop_with(StopReason.FATAL)
 
     def _read_chunk_or_fail(self, interrupt_fd: int) -> list[tuple[TaskRequest, Reply]] | None:
-        """:meth:`_read_chunk` for the inline thread, which must go on running tasks if reading fails."""
-        try:
-            return self._read_chunk(interrupt_fd)
-        except Exception as exc:
-            log.critical("reading stdin failed", exc_info=exc)
-            self._stop_with(StopReason.FATAL)
-            return None
+        """:meth:`_read_chunk` for the threads that host reading, which must go on running tasks if reading fails."""
+        with self._hosted_read:
+            if self._hosting_over:
+                return []  # as if interrupted: the host has been told to stop reading
+            try:
+                return self._read_chunk(interrupt_fd)
+            except Exception as exc:
+                log.critical("reading stdin failed", exc_info=exc)
+                self._stop_with(StopReason.FATAL)
+                return None
 
     def _read_and_submit(self) -> None:
         """The reader thread, for a runner without an inline thread: each chunk's tasks go in one hand-off."""

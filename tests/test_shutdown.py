@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import WorkerFactory
 
+from runqy.app import Registry
+from runqy.config.settings import RunqySettings
+from runqy.inline import ReadChunk, StdinHost
 from runqy.local.driver import make_request
+from runqy.protocol import READY_LINE, ProtocolChannel
+from runqy.serve import Server
 
 SLOW_WORKER = """
 import sys, time
@@ -133,3 +140,59 @@ def test_a_one_shot_exit_keeps_every_flush_atexit_handler_and_thread(
     assert worker.status_lines == [{"status": "ready"}]
     written = {name: (tmp_path / name).read_text() for name in ("kept.txt", "thread.txt", "atexit.txt")}
     assert written == {"kept.txt": "data", "thread.txt": "data", "atexit.txt": "ran"}
+
+
+class _RecordingHost:
+    """The runner's own stdin host, keeping the read function it is handed, as its threads do."""
+
+    def __init__(self, host: StdinHost) -> None:
+        self._host = host
+        self.read: ReadChunk | None = None
+
+    def host(self, read: ReadChunk) -> None:
+        self.read = read
+        self._host.host(read)
+
+    def stop_hosting(self) -> None:
+        self._host.stop_hosting()
+
+
+@pytest.mark.parametrize("runner_name", ["sequential", "thread"])
+def test_a_read_begun_as_serving_stops_returns_at_once_on_a_quiet_stdin(runner_name: str) -> None:
+    """A thread that took the read function just before serving stopped may call it once more.
+
+    By then serving has made stdin blocking again; with stdin open and quiet, that read
+    must not wait on it, or closing the runner would wait for that thread forever.
+    """
+    registry = Registry()
+    registry.task(lambda payload: payload)
+    runner = RunqySettings(runner_cls=runner_name).build_runner()
+    runner.start(registry)
+    recording = _RecordingHost(runner.stdin_host())  # type: ignore[arg-type]
+    runner.stdin_host = lambda: recording  # type: ignore[method-assign]
+    stdin_r, stdin_w = os.pipe()  # stays open and quiet: the Go worker sends nothing more
+    stdout_r, stdout_w = os.pipe()
+    interrupt_r, interrupt_w = os.pipe()
+
+    def signal_once_ready() -> None:
+        with os.fdopen(os.dup(stdout_r), "rb") as answers:
+            assert answers.readline() == READY_LINE
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signaller = threading.Thread(target=signal_once_ready)
+    signaller.start()
+    assert Server(runner, ProtocolChannel(stdout_w), shutdown_timeout_s=1).serve(stdin_r) == 0
+    signaller.join()
+    assert os.get_blocking(stdin_r)
+    late: list[object] = []
+    reader = threading.Thread(target=lambda: late.append(recording.read(interrupt_r)), daemon=True)  # type: ignore[misc]
+    reader.start()
+    reader.join(timeout=5)
+    try:
+        assert not reader.is_alive(), "a late read waited on stdin"
+        assert late == [[]]
+    finally:
+        os.close(stdin_w)  # ends a read that waits, so no thread outlives the test
+        runner.close()
+        for fd in (stdin_r, stdout_r, interrupt_r, interrupt_w):
+            os.close(fd)
