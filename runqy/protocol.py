@@ -30,6 +30,7 @@ __all__ = [
     "encode_response",
     "error_status_line",
     "parse_request",
+    "prepare_parser",
     "READY_LINE",
 ]
 
@@ -132,13 +133,24 @@ def _json_parser() -> Callable[[bytes], Any]:
     return from_json
 
 
+def prepare_parser() -> None:
+    """Build the request validator now, so that the first request does not wait for it.
+
+    Importing pydantic-core takes about half as long as a worker takes to start; a
+    worker does it beside its start (see ``Worker``), on a thread of its own, rather
+    than before its ready line or on its first request.
+    """
+    if _validate_json is None:
+        _request_validator()
+
+
 def _request_validator() -> Callable[[bytes], dict[str, Any]]:
     """A pydantic-core validator that parses a request and checks its field types in one pass.
 
-    Built on first use, like the parser. Its dict holds the fields in
-    :class:`TaskRequest` order with the defaults filled in. It is strict, so it accepts
-    exactly what :func:`_parse_checked` accepts; only a line it rejects pays for the
-    second parse that says what is wrong.
+    Built on first use (or by :func:`prepare_parser`), like the parser. Its dict holds
+    the fields in :class:`TaskRequest` order with the defaults filled in. It is strict,
+    so it accepts exactly what :func:`_parse_checked` accepts; only a line it rejects
+    pays for the second parse that says what is wrong.
     """
     global _validate_json
     from pydantic_core import SchemaValidator, core_schema

@@ -16,7 +16,7 @@ from runqy.app import Registry, default_registry
 from runqy.errors import HandlerNotRegistered, HandlerUnsupported, LoadFailed, TaskFailed
 from runqy.observe.logs import configure_logging, install_task_records
 from runqy.observe.telemetry import Telemetry
-from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, error_status_line
+from runqy.protocol import ProtocolChannel, TaskRequest, TaskResponse, error_status_line, prepare_parser
 from runqy.runners.base import Runner
 
 if TYPE_CHECKING:
@@ -94,6 +94,9 @@ class Worker:
 
         global _served
         _served = True
+        # Beside @load and the runner's start, not before the ready line nor on the first request.
+        # Not a daemon: an import cut short by the interpreter's exit aborts the process.
+        threading.Thread(target=prepare_parser, name="runqy-prepare-parser").start()
         settings = self.settings
         configure_logging(settings.log_level, settings.log_format)
         channel = _claim_channel()
