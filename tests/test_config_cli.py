@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from config_env import isolate, write_config, write_pyproject
 from runner_params import CLEAN_ENV
 
+from runqy.cli.options import add_settings_options, settings_arguments, settings_overrides
 from runqy.config.descriptions import setting_descriptions
 from runqy.config.settings import RunnerOptions, RunqySettings
 from runqy.local.driver import LocalWorker
@@ -97,6 +99,23 @@ def test_the_command_line_wins_over_the_same_setting_in_the_environment(tmp_path
     settings, sources = report["settings"], report["sources"]
     assert (settings["runner_cls"], settings["task_timeout_s"], settings["runner"]["max_threads"]) == ("thread", 2, 3)
     assert sources["runner_cls"] == sources["task_timeout_s"] == sources["runner.max_threads"] == "cli"
+
+
+def test_a_list_setting_takes_one_value_per_option_and_passes_on_whole(tmp_path: Path) -> None:
+    names = ["--retry-exceptions", "ConnectionError", "--retry-exceptions", "TimeoutError"]
+    done = runqy(tmp_path, "config", "--json", *names)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["settings"]["retry_exceptions"] == ["ConnectionError", "TimeoutError"]
+    assert report["sources"]["retry_exceptions"] == "cli"
+    # runqy local and runqy bench hand their settings on to the runqy run they start.
+    parser = argparse.ArgumentParser()
+    add_settings_options(parser)
+    handed_on = settings_arguments(parser.parse_args([*names, "--max-threads", "3"]))
+    assert settings_overrides(parser.parse_args(handed_on)) == {
+        "retry_exceptions": ["ConnectionError", "TimeoutError"],
+        "runner": {"max_threads": 3},
+    }
 
 
 def test_a_worker_runs_with_the_command_lines_setting_over_the_environments(tmp_path: Path) -> None:

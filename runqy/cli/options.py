@@ -61,15 +61,18 @@ def add_settings_options(parser: argparse.ArgumentParser) -> None:
             if name == "runner":
                 continue
             flags = [f"--{name.replace('_', '-')}", *_ALIASES.get(name, [])]
-            kind, choices = _option_type(spec.type)
+            repeated = typing.get_origin(spec.type) is list
+            kind, choices = _option_type(typing.get_args(spec.type)[0] if repeated else spec.type)
             group.add_argument(
                 *flags,
                 dest=f"{_SETTING}{prefix}{name}",
                 type=kind,
                 choices=choices,
                 default=None,
+                # A list setting takes one value per option: --retry-exceptions A --retry-exceptions B.
+                action="append" if repeated else "store",
                 metavar=name.upper(),
-                help=f"[{env_var(prefix + name)}]",
+                help=f"[{env_var(prefix + name)}]" + (" (once per item)" if repeated else ""),
             )
 
 
@@ -92,7 +95,9 @@ def settings_arguments(args: argparse.Namespace) -> list[str]:
     argv: list[str] = []
     for dest, value in vars(args).items():
         if dest.startswith(_SETTING) and value is not None:
-            argv += [f"--{dest.removeprefix(_SETTING).rpartition('.')[2].replace('_', '-')}", str(value)]
+            flag = f"--{dest.removeprefix(_SETTING).rpartition('.')[2].replace('_', '-')}"
+            for item in value if isinstance(value, list) else [value]:
+                argv += [flag, str(item)]
     return argv
 
 
