@@ -24,6 +24,8 @@ _PLAIN = frozenset({int, float, bool, str, type(None)})
 _UNIONS = (Union, types.UnionType)
 # Beyond this an int is not exactly a float: pydantic decides.
 _EXACT_FLOAT = 2**53
+#: What _validated() returns for a value only pydantic can tell about.
+_UNSURE: Any = object()
 
 
 def validate_fields(instance: Any) -> None:
@@ -57,9 +59,6 @@ def as_validated(cls: type[Any], values: Mapping[str, Any]) -> dict[str, Any] | 
             return None
         validated[name] = kept
     return validated
-
-
-_UNSURE: Any = object()
 
 
 def _validated(annotation: Any, bounds: Mapping[str, Any], value: Any) -> Any:

@@ -1,10 +1,10 @@
 """Reading settings from the environment and TOML files: the pydantic-settings side of :class:`RunqySettings`.
 
 :data:`SettingsFromSources` is the model of :class:`RunqySettings` with
-pydantic-settings' sources, highest first: values in code, ``RUNQY_*`` variables, the ``RUNQY_CONFIG``
-file, ``[tool.runqy]`` of ``./pyproject.toml``. Settings resolution, ``runqy config``
-and :mod:`runqy.config.provenance` all read the sources through this module, so what is
-reported is what is used. It is imported only when one of those sources has something
+pydantic-settings' sources, highest first: values in code, ``RUNQY_*`` variables,
+the ``RUNQY_CONFIG`` file, ``[tool.runqy]`` of ``./pyproject.toml``. Settings
+resolution, ``runqy config`` and :mod:`runqy.config.provenance` all read the sources
+through this module, so what is reported is what is used. It is imported only when one of those sources has something
 to say (see :mod:`runqy.config.presence`).
 """
 
