@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, Protocol, TypeVar
 
 from runqy.errors import RunnerClosed
@@ -46,8 +46,9 @@ Task = tuple[TaskRequest, Reply]
 #: Runs one task to its end in the calling thread and answers it.
 RunTask = Callable[[TaskRequest, Reply], object]
 #: Reads stdin once (waiting also on the given interrupt fd) and returns the tasks it
-#: accepted, [] when interrupted or no line was a task, None once stdin is closed.
-ReadChunk = Callable[[int], list[Task] | None]
+#: read, [] when interrupted, None once stdin is closed. Each task is accepted as the
+#: tasks are iterated, so the caller iterates them all, in order, before it reads again.
+ReadChunk = Callable[[int], Iterable[Task] | None]
 
 
 class StdinHost(Protocol):
@@ -203,7 +204,7 @@ class InlineThread:
         else:
             self._interrupt.clear()
 
-    def _run(self, tasks: list[Task]) -> None:
+    def _run(self, tasks: Iterable[Task]) -> None:
         run_task, clock = self._run_task, time.monotonic
         assert run_task is not None, "run_tasks_with() was not called"
         for request, reply in tasks:

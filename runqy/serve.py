@@ -13,6 +13,7 @@ returns the process exit code.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import itertools
@@ -23,7 +24,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import FrameType
 from typing import Final
@@ -151,6 +152,11 @@ class InFlight:
         else:
             log.error("task %s %s; the second answer was dropped (a runner bug)", response.task_id, DUPLICATE_REPLY)
 
+    @property
+    def closed(self) -> bool:
+        """Whether admission is closed (shutdown began)."""
+        return self._closed
+
     def close(self) -> None:
         """Stop admitting new requests."""
         self._closed = True
@@ -196,6 +202,12 @@ class Server:
         #: read touches stdin, whose blocking mode may then be restored (see serve()).
         self._hosted_read = threading.Lock()
         self._hosting_over = False
+        #: Lines a hosting thread read and has not accepted yet: it accepts each just before
+        #: running it, so the first task of a read is answered before the others are parsed.
+        #: Whoever takes a line (that thread, or the shutdown) accepts it under ``_accepting``,
+        #: so that each is answered once: run, or refused once admission is closed.
+        self._unaccepted: collections.deque[bytes] = collections.deque()
+        self._accepting = threading.Lock()
         #: stdin and the inline thread's interrupt fd, polled together (built on first use).
         self._poll: tuple[int | None, select.poll] | None = None
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
@@ -273,13 +285,16 @@ class Server:
             log.critical("the stdin reader failed", exc_info=exc)
             self._stop_with(StopReason.FATAL)
 
-    def _read_chunk_or_fail(self, interrupt_fd: int) -> list[tuple[TaskRequest, Reply]] | None:
-        """:meth:`_read_chunk` for the threads that host reading, which must go on running tasks if reading fails."""
+    def _read_chunk_or_fail(self, interrupt_fd: int) -> Iterable[tuple[TaskRequest, Reply]] | None:
+        """:meth:`_read_chunk` for the threads that host reading, which must go on running tasks if reading fails.
+
+        Its tasks are accepted one by one as the caller iterates (see ``_unaccepted``).
+        """
         with self._hosted_read:
             if self._hosting_over:
                 return []  # as if interrupted: the host has been told to stop reading
             try:
-                return self._read_chunk(interrupt_fd)
+                return self._read_chunk(interrupt_fd, in_turn=True)
             except Exception as exc:
                 log.critical("reading stdin failed", exc_info=exc)
                 self._stop_with(StopReason.FATAL)
@@ -287,30 +302,36 @@ class Server:
 
     def _read_and_submit(self) -> None:
         """The reader thread, for a runner without an inline thread: each chunk's tasks go in one hand-off."""
-        while (tasks := self._read_chunk()) is not None:
+        while (read := self._read_chunk()) is not None:
+            tasks = list(read)  # already accepted: read without in_turn
             self._submit(tasks)
             if self.one_shot and tasks:
                 self._stop_with(StopReason.ONE_SHOT)
                 return
 
-    def _read_chunk(self, interrupt_fd: int | None = None) -> list[tuple[TaskRequest, Reply]] | None:
+    def _read_chunk(
+        self, interrupt_fd: int | None = None, *, in_turn: bool = False
+    ) -> Iterable[tuple[TaskRequest, Reply]] | None:
         """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
 
         See :meth:`_read_lines`; once shutdown began, also tells a main thread waiting
         for stdin to be read (refused lines are sent by then).
         """
-        tasks = self._read_lines(interrupt_fd)
+        tasks = self._read_lines(interrupt_fd, in_turn)
         if self._reason is not None:
             with self._read_done:
                 self._read_done.notify_all()
         return tasks
 
-    def _read_lines(self, interrupt_fd: int | None) -> list[tuple[TaskRequest, Reply]] | None:
+    def _read_lines(
+        self, interrupt_fd: int | None, in_turn: bool = False
+    ) -> Iterable[tuple[TaskRequest, Reply]] | None:
         """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
 
         When stdin has nothing yet, waits for it or for ``interrupt_fd``, and returns []
         when only that fd became readable: the inline thread's readers are interrupted
-        so (see :mod:`runqy.inline`). Called by one thread at a time.
+        so (see :mod:`runqy.inline`). ``in_turn``: each line is accepted as the caller
+        iterates, not all before the first runs. Called by one thread at a time.
         """
         if self._eof:
             return None
@@ -324,12 +345,16 @@ class Server:
             return []
         accept = self._accept
         if not chunk:
-            # A last line without its newline is still a request.
             self._eof = True
+            # A last line without its newline is still a request; the lines another thread read
+            # and has not accepted yet come first. All are admitted before the end is told.
             last_line, self._pending = self._pending, b""
-            last = accept(last_line)
+            with self._accepting:
+                lines = [*self._unaccepted, last_line]
+                self._unaccepted.clear()
+                tasks = [task for line in lines if (task := accept(line)) is not None]
             self._stop_with(StopReason.EOF)
-            return [] if last is None else [last]
+            return tasks
         lines = (self._pending + chunk).split(b"\n")
         self._pending = lines.pop()
         if self.one_shot:
@@ -337,7 +362,31 @@ class Server:
                 if (task := accept(line)) is not None:
                     return [task]  # the lines after it are not read: this process serves one task
             return []
+        if in_turn:
+            with self._accepting:
+                if not self.inflight.closed:
+                    self._unaccepted.extend(lines)
+                    return self._accept_in_turn()
+        # All accepted now: for the reader thread, or, once admission is closed, refused before
+        # the main thread can end the process.
         return [task for line in lines if (task := accept(line)) is not None]
+
+    def _accept_in_turn(self) -> Iterator[tuple[TaskRequest, Reply]]:
+        """Accept the lines read so far, one each time the caller asks for the next task."""
+        accepting, unaccepted, accept = self._accepting, self._unaccepted, self._accept
+        while True:
+            with accepting:
+                if not unaccepted:
+                    return
+                task = accept(unaccepted.popleft())
+            if task is not None:
+                yield task
+
+    def _refuse_unaccepted(self) -> None:
+        """Once admission is closed: refuse the lines read and not accepted yet (their thread may be busy)."""
+        with self._accepting:
+            while self._unaccepted:
+                self._accept(self._unaccepted.popleft())
 
     def _read_stdin(self, interrupt_fd: int | None) -> bytes | None:
         """One read of stdin; None when ``interrupt_fd`` became readable first."""
@@ -428,6 +477,7 @@ class Server:
     def _shut_down(self) -> int:
         reason = self._reason
         self.inflight.close()
+        self._refuse_unaccepted()
         if reason is StopReason.FATAL:
             drained = False
         elif reason is StopReason.SIGNAL:

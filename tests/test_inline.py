@@ -119,3 +119,33 @@ def test_a_long_last_line_without_newline_at_eof_runs_once(
     release(fifo)
     assert worker.wait(timeout_s=10) == 0
     assert log.read_text().splitlines() == ["start 7", "end 7"]
+
+
+@pytest.mark.parametrize("long_task", ["finishes", "outlasts the shutdown timeout"])
+def test_requests_read_behind_a_long_task_are_answered_once_after_sigterm(
+    held: tuple[Path, Path, Path], start_worker: WorkerFactory, long_task: str
+) -> None:
+    """A SIGTERM while requests read with a long task wait behind it: each gets exactly one answer.
+
+    The long task's answer is its result, or retryable once given up on; those behind it
+    run, or are refused as retryable, even while the thread that read them is still busy.
+    """
+    script, fifo, log = held
+    finishes = long_task == "finishes"
+    worker = start_worker(script, RUNQY_SHUTDOWN_TIMEOUT_S="30" if finishes else "0.3")
+    first, *behind = worker.submit_many(
+        [make_request({"n": 0, "log": str(log), "fifo": str(fifo)})]
+        + [make_request({"n": n, "log": str(log)}) for n in range(1, 4)]
+    )
+    worker.wait_for_stderr("holding 0")
+    worker.terminate()
+    worker.wait_for_stderr("received SIGTERM")
+    if finishes:
+        release(fifo)
+    assert worker.wait(timeout_s=20) == 0
+    assert worker.unmatched_responses == []  # no task answered twice
+    assert first.response is not None
+    assert first.response["result"] == 0 if finishes else first.response["retry"] is True
+    for n, task in enumerate(behind, 1):
+        assert task.response is not None, f"request {n} was never answered"
+        assert task.response["result"] == n or task.response["retry"] is True

@@ -174,11 +174,13 @@ class ReadTurn:
         read = self.read
         if read is None:
             return []
-        tasks = read(self._interrupt.fd)
-        if tasks is None:
+        read_tasks = read(self._interrupt.fd)
+        if read_tasks is None:
             with self._lock:
                 self.read = None  # stdin is closed: nobody reads again
             return []
+        # All accepted now: the turn hands a chunk's tasks to other threads as a list.
+        tasks = list(read_tasks)
         if not tasks:
             self._interrupt.clear()
         return tasks
