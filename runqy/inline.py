@@ -46,13 +46,18 @@ Task = tuple[TaskRequest, Reply]
 #: Runs one task to its end in the calling thread and answers it.
 RunTask = Callable[[TaskRequest, Reply], object]
 #: Reads stdin once (waiting also on the given interrupt fd) and returns the tasks it
-#: read, [] when interrupted, None once stdin is closed. Each task is accepted as the
-#: tasks are iterated, so the caller iterates them all, in order, before it reads again.
+#: read, [] when interrupted, None once stdin is closed. For a host that
+#: ``runs_what_it_reads``, each task is accepted as the tasks are iterated: it iterates
+#: them all, in order, before it reads again.
 ReadChunk = Callable[[int], Iterable[Task] | None]
 
 
 class StdinHost(Protocol):
     """Threads that read stdin themselves between their tasks: an :class:`InlineThread`, or a thread pool."""
+
+    #: Whether the thread that read tasks runs them one after the other, so that each may be
+    #: parsed and admitted just before it runs (see :meth:`runqy.serve.Server.serve`).
+    runs_what_it_reads: bool
 
     def host(self, read: ReadChunk) -> None:
         """Read with ``read`` whenever a thread has no task, until :meth:`stop_hosting`."""
@@ -67,6 +72,8 @@ class InlineThread:
     :meth:`call` runs a function there (``@load``); :meth:`submit_many` queues tasks;
     :meth:`host` makes the thread read stdin itself whenever nothing is queued.
     """
+
+    runs_what_it_reads = True
 
     def __init__(self, name: str, hand_over_after_s: float = HAND_OVER_AFTER_S) -> None:
         self._hand_over_after_s = hand_over_after_s

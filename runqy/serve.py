@@ -243,7 +243,7 @@ class Server:
                 # no reader thread hands them tasks, no writer thread is woken.
                 self.inflight.answer_in_place = True
                 restore_blocking = _stdin_nonblocking(stdin_fd)
-                host.host(self._read_chunk_or_fail)
+                host.host(partial(self._read_chunk_or_fail, in_turn=host.runs_what_it_reads))
             while self._reason is None:
                 os.read(self._wake_r, 64)
             return self._shut_down()
@@ -285,16 +285,16 @@ class Server:
             log.critical("the stdin reader failed", exc_info=exc)
             self._stop_with(StopReason.FATAL)
 
-    def _read_chunk_or_fail(self, interrupt_fd: int) -> Iterable[tuple[TaskRequest, Reply]] | None:
+    def _read_chunk_or_fail(self, interrupt_fd: int, *, in_turn: bool) -> Iterable[tuple[TaskRequest, Reply]] | None:
         """:meth:`_read_chunk` for the threads that host reading, which must go on running tasks if reading fails.
 
-        Its tasks are accepted one by one as the caller iterates (see ``_unaccepted``).
+        ``in_turn``: its tasks are accepted one by one as the caller iterates (see ``_unaccepted``).
         """
         with self._hosted_read:
             if self._hosting_over:
                 return []  # as if interrupted: the host has been told to stop reading
             try:
-                return self._read_chunk(interrupt_fd, in_turn=True)
+                return self._read_chunk(interrupt_fd, in_turn=in_turn)
             except Exception as exc:
                 log.critical("reading stdin failed", exc_info=exc)
                 self._stop_with(StopReason.FATAL)

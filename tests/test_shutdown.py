@@ -147,6 +147,7 @@ class _RecordingHost:
 
     def __init__(self, host: StdinHost) -> None:
         self._host = host
+        self.runs_what_it_reads = host.runs_what_it_reads
         self.read: ReadChunk | None = None
 
     def host(self, read: ReadChunk) -> None:

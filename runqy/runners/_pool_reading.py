@@ -179,8 +179,7 @@ class ReadTurn:
             with self._lock:
                 self.read = None  # stdin is closed: nobody reads again
             return []
-        # All accepted now: the turn hands a chunk's tasks to other threads as a list.
-        tasks = list(read_tasks)
+        tasks = list(read_tasks)  # a list already: the pool does not run what it reads in turn
         if not tasks:
             self._interrupt.clear()
         return tasks

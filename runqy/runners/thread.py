@@ -67,6 +67,9 @@ class ThreadPool:
     is replaced at once, so the pool keeps ``max_threads`` serving threads.
     """
 
+    #: Its threads hand a read's tasks to one another (see ReadTurn), so each read is accepted whole.
+    runs_what_it_reads = False
+
     def __init__(
         self,
         handler: BoundHandler,
