@@ -205,7 +205,7 @@ class Server:
         #: Lines a hosting thread read and has not accepted yet: it accepts each just before
         #: running it, so the first task of a read is answered before the others are parsed.
         #: Whoever takes a line (that thread, or the shutdown) accepts it under ``_accepting``,
-        #: so that each is answered once: run, or refused once admission is closed.
+        #: so that each is accepted once (see _close_admission).
         self._unaccepted: collections.deque[bytes] = collections.deque()
         self._accepting = threading.Lock()
         #: stdin and the inline thread's interrupt fd, polled together (built on first use).
@@ -382,11 +382,18 @@ class Server:
             if task is not None:
                 yield task
 
-    def _refuse_unaccepted(self) -> None:
-        """Once admission is closed: refuse the lines read and not accepted yet (their thread may be busy)."""
+    def _close_admission(self) -> None:
+        """Admit the lines read and not accepted yet, then accept no more.
+
+        What was read before the stop is admitted, as if each line had been accepted when
+        read: it runs, in order, after the task its thread is running, within the
+        shutdown timeout. Under ``_accepting``, so that no line is added or taken meanwhile.
+        """
         with self._accepting:
-            while self._unaccepted:
-                self._accept(self._unaccepted.popleft())
+            read = [task for line in self._unaccepted if (task := self._accept(line)) is not None]
+            self._unaccepted.clear()
+            self.inflight.close()
+        self._submit(read)
 
     def _read_stdin(self, interrupt_fd: int | None) -> bytes | None:
         """One read of stdin; None when ``interrupt_fd`` became readable first."""
@@ -476,8 +483,7 @@ class Server:
 
     def _shut_down(self) -> int:
         reason = self._reason
-        self.inflight.close()
-        self._refuse_unaccepted()
+        self._close_admission()
         if reason is StopReason.FATAL:
             drained = False
         elif reason is StopReason.SIGNAL:
