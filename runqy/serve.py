@@ -203,7 +203,8 @@ class Server:
         self._hosted_read = threading.Lock()
         self._hosting_over = False
         #: Lines a hosting thread read and has not accepted yet: it accepts each just before
-        #: running it, so the first task of a read is answered before the others are parsed.
+        #: running it, so the first task of a read is answered before the others are parsed
+        #: (a read of a few lines, as the Go worker sends them: a burst is accepted whole).
         #: Whoever takes a line (that thread, or the shutdown) accepts it under ``_accepting``,
         #: so that each is accepted once (see _close_admission).
         self._unaccepted: collections.deque[bytes] = collections.deque()
@@ -362,13 +363,14 @@ class Server:
                 if (task := accept(line)) is not None:
                     return [task]  # the lines after it are not read: this process serves one task
             return []
-        if in_turn:
+        if in_turn and len(lines) <= _BURST_OPEN:
             with self._accepting:
                 if not self.inflight.closed:
                     self._unaccepted.extend(lines)
                     return self._accept_in_turn()
-        # All accepted now: for the reader thread, or, once admission is closed, refused before
-        # the main thread can end the process.
+        # All accepted now: for the reader thread; for a burst, whose answers then go out several
+        # to a write (see InFlight.answer); or, once admission is closed, refused before the main
+        # thread can end the process.
         return [task for line in lines if (task := accept(line)) is not None]
 
     def _accept_in_turn(self) -> Iterator[tuple[TaskRequest, Reply]]:
