@@ -39,15 +39,18 @@ NOT_FOR_A_PLAIN_WORKER = [
     "runqy.config.provenance",
     "runqy.config.descriptions",
 ]
+#: What only ``runqy local`` and ``runqy bench`` use, though ``runqy run`` builds their parsers too.
+NOT_FOR_RUNQY_RUN = ["runqy.local.driver", "runqy.local.progress", "subprocess"]
 #: A process runner's child runs handlers: the settings and the serving loop are the parent's.
 NOT_FOR_A_CHILD = ["pydantic", "pydantic_core", "runqy.config.settings", "runqy.serve", "runqy.observe.report"]
 
 
-def loaded(folder: Path, kwargs: str, heavy: list[str]) -> list[str]:
+def loaded(folder: Path, kwargs: str, heavy: list[str], command: tuple[str, ...] = ()) -> list[str]:
+    """The heavy modules loaded by a worker started with ``python worker.py`` (or ``python COMMAND worker.py``)."""
     (folder / "worker.py").write_text(WORKER.format(heavy=heavy, kwargs=kwargs))
     environ = {k: v for k, v in os.environ.items() if not k.upper().startswith("RUNQY_")}
     done = subprocess.run(
-        [sys.executable, "worker.py"],
+        [sys.executable, *command, "worker.py"],
         input=b'{"task_id": "t1", "payload": null}\n',
         capture_output=True,
         cwd=folder,
@@ -68,3 +71,8 @@ def test_a_worker_with_no_configuration_loads_none_of_the_heavy_modules(tmp_path
 
 def test_a_process_runner_child_loads_neither_settings_nor_serving_machinery(tmp_path: Path) -> None:
     assert loaded(tmp_path, 'runner_cls="process", runner={"num_processes": 1}', NOT_FOR_A_CHILD) == []
+
+
+def test_runqy_run_loads_neither_the_local_driver_nor_what_it_needs(tmp_path: Path) -> None:
+    heavy = NOT_FOR_A_PLAIN_WORKER + NOT_FOR_RUNQY_RUN
+    assert loaded(tmp_path, "", heavy, command=("-m", "runqy", "run")) == []

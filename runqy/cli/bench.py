@@ -12,7 +12,7 @@ from typing import Any
 from runqy.cli.options import add_settings_options, add_task_source_options, read_jsonl, settings_arguments
 from runqy.config.catalog import BUILTIN_RUNNERS
 from runqy.errors import ConfigError
-from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S, WorkerStartFailed
+from runqy.local.lines import DEFAULT_STARTUP_TIMEOUT_S
 
 __all__ = ["add_bench_command"]
 
@@ -47,6 +47,7 @@ def add_bench_command(commands: Any) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from runqy.local.bench import STATS_INTERVAL_S, compare, format_table, measure, recommend
+    from runqy.local.driver import WorkerStartFailed
     from runqy.local.timeline import assign_slots, write_svg
 
     runners = _runners(args.runners)

@@ -8,13 +8,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runqy.cli.options import add_settings_options, add_task_source_options, read_jsonl, settings_arguments
 from runqy.errors import ConfigError
-from runqy.local.driver import DEFAULT_STARTUP_TIMEOUT_S, LocalWorker, make_request
-from runqy.local.progress import Progress
+from runqy.local.lines import DEFAULT_STARTUP_TIMEOUT_S
 from runqy.local.stats import STATUSES, RunSummary
+
+if TYPE_CHECKING:
+    from runqy.local.progress import Progress
 
 __all__ = ["add_local_command", "requests_from_args"]
 
@@ -50,9 +52,16 @@ def add_local_command(commands: Any) -> None:
 
 def requests_from_args(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any]], int]:
     """The requests that ``--input`` or ``--generate`` describe, and how many there are."""
+    from runqy.local.driver import make_request  # the driver, only when a command runs (see _cmd_local)
+
     if args.input is not None:
         count = sum(1 for _ in read_jsonl(args.input))  # validates every line before the worker starts
-        return (_as_request(item) for item in read_jsonl(args.input)), count
+        # A full request object (one with a task_id) goes out as written; anything else is a payload.
+        requests = (
+            item if isinstance(item, dict) and "task_id" in item else make_request(item)
+            for item in read_jsonl(args.input)
+        )
+        return requests, count
     count = args.generate if args.generate is not None else args.default_count
     if count < 0:
         raise ConfigError(f"--generate {count}: expected a number of tasks >= 0")
@@ -65,12 +74,11 @@ def requests_from_args(args: argparse.Namespace) -> tuple[Iterator[dict[str, Any
     return (make_request(json.loads(template.replace("{n}", str(n)))) for n in range(count)), count
 
 
-def _as_request(item: Any) -> dict[str, Any]:
-    """A full request object (one with a task_id) goes out as written; anything else is a payload."""
-    return item if isinstance(item, dict) and "task_id" in item else make_request(item)
-
-
 def _cmd_local(args: argparse.Namespace) -> int:
+    # Imported here: ``runqy run`` builds this command's parser too, and needs no driver.
+    from runqy.local.driver import LocalWorker
+    from runqy.local.progress import Progress
+
     if args.concurrency < 1:
         raise ConfigError(f"--concurrency {args.concurrency}: expected at least 1 request in flight")
     requests, total = requests_from_args(args)

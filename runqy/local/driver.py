@@ -34,13 +34,25 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from runqy.errors import RunqyError
-from runqy.local.lines import MAX_STDERR_LINE_BYTES, judge_stdout_line, oversized, pump_lines
+from runqy.local.lines import (
+    DEFAULT_STARTUP_TIMEOUT_S,
+    MAX_STDERR_LINE_BYTES,
+    judge_stdout_line,
+    oversized,
+    pump_lines,
+)
 from runqy.local.stats import Outcome, RunSummary
 
-__all__ = ["LocalWorker", "Outcome", "Pending", "RunSummary", "WorkerStartFailed", "make_request"]
+__all__ = [
+    "DEFAULT_STARTUP_TIMEOUT_S",
+    "LocalWorker",
+    "Outcome",
+    "Pending",
+    "RunSummary",
+    "WorkerStartFailed",
+    "make_request",
+]
 
-#: The Go worker waits this long for the ready line by default.
-DEFAULT_STARTUP_TIMEOUT_S: Final = 60.0
 #: After SIGTERM the Go worker waits this long before SIGKILL.
 SIGTERM_GRACE_S: Final = 10.0
 #: How long to wait for a reader thread once the process has exited: a grandchild may still hold the pipe.

@@ -11,8 +11,17 @@ import os
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["MAX_STDERR_LINE_BYTES", "MAX_STDOUT_LINE_BYTES", "judge_stdout_line", "oversized", "pump_lines"]
+__all__ = [
+    "DEFAULT_STARTUP_TIMEOUT_S",
+    "MAX_STDERR_LINE_BYTES",
+    "MAX_STDOUT_LINE_BYTES",
+    "judge_stdout_line",
+    "oversized",
+    "pump_lines",
+]
 
+#: The Go worker waits this long for the ready line by default.
+DEFAULT_STARTUP_TIMEOUT_S: Final = 60.0
 #: The Go worker's stdout reader gives up for good on a longer line.
 MAX_STDOUT_LINE_BYTES: Final = 10 * 1024 * 1024
 #: The Go worker stops draining stderr at a longer line (and the child then blocks).
