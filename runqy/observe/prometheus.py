@@ -59,34 +59,48 @@ class _Collector:
                 cumulative.append((bound, running))
             durations.add_metric([task_type], cumulative, tally.duration_sums_s.get(task_type, 0.0))
         yield durations
-        yield GaugeMetricFamily("runqy_tasks_in_flight", "Tasks accepted and not answered yet.", value=now.in_flight)
-        yield GaugeMetricFamily("runqy_runner_capacity", "Tasks the runner runs at once.", value=now.capacity)
-        yield GaugeMetricFamily(
-            "runqy_abandoned_threads", "Timed-out attempts still running in threads.", value=now.abandoned_threads
+        # The metrics of one value each: family, name, help, value.
+        single = (
+            (GaugeMetricFamily, "runqy_tasks_in_flight", "Tasks accepted and not answered yet.", now.in_flight),
+            (GaugeMetricFamily, "runqy_runner_capacity", "Tasks the runner runs at once.", now.capacity),
+            (
+                GaugeMetricFamily,
+                "runqy_abandoned_threads",
+                "Timed-out attempts still running in threads.",
+                now.abandoned_threads,
+            ),
+            (
+                CounterMetricFamily,
+                "runqy_threads_abandoned",
+                "Threads abandoned after their attempt timed out.",
+                tally.abandoned,
+            ),
+            (
+                CounterMetricFamily,
+                "runqy_duplicate_replies",
+                "Second answers the runner gave for a task, dropped: a runner bug.",
+                tally.duplicate_replies,
+            ),
+            (
+                CounterMetricFamily,
+                "runqy_late_replies",
+                "Answers after shutdown gave up on their task, dropped.",
+                tally.late_replies,
+            ),
+            (
+                CounterMetricFamily,
+                "runqy_batch_calls",
+                "Calls of a batch handler (tasks per call: batch_tasks / batch_calls).",
+                tally.batch_calls,
+            ),
+            (CounterMetricFamily, "runqy_batch_tasks", "Tasks carried by batch handler calls.", tally.batched_tasks),
         )
-        yield CounterMetricFamily(
-            "runqy_threads_abandoned", "Threads abandoned after their attempt timed out.", value=tally.abandoned
-        )
-        yield CounterMetricFamily(
-            "runqy_duplicate_replies",
-            "Second answers the runner gave for a task, dropped: a runner bug.",
-            value=tally.duplicate_replies,
-        )
-        yield CounterMetricFamily(
-            "runqy_late_replies", "Answers after shutdown gave up on their task, dropped.", value=tally.late_replies
-        )
+        for family, name, text, value in single:
+            yield family(name, text, value=value)
         restarts = CounterMetricFamily("runqy_child_restarts", "Child processes replaced, by cause.", labels=["cause"])
         for cause, count in sorted(tally.child_restarts.items()):
             restarts.add_metric([cause], count)
         yield restarts
-        yield CounterMetricFamily(
-            "runqy_batch_calls",
-            "Calls of a batch handler (tasks per call: batch_tasks / batch_calls).",
-            value=tally.batch_calls,
-        )
-        yield CounterMetricFamily(
-            "runqy_batch_tasks", "Tasks carried by batch handler calls.", value=tally.batched_tasks
-        )
         rss = GaugeMetricFamily(
             "runqy_child_rss_bytes", "Resident memory of each child process with its descendants.", labels=["pid"]
         )
