@@ -351,9 +351,7 @@ class Server:
             # and has not accepted yet come first. All are admitted before the end is told.
             last_line, self._pending = self._pending, b""
             with self._accepting:
-                lines = [*self._unaccepted, last_line]
-                self._unaccepted.clear()
-                tasks = [task for line in lines if (task := accept(line)) is not None]
+                tasks = self._accept_waiting_locked() + self._accept_all([last_line])
             self._stop_with(StopReason.EOF)
             return tasks
         lines = (self._pending + chunk).split(b"\n")
@@ -371,7 +369,18 @@ class Server:
         # All accepted now: for the reader thread; for a burst, whose answers then go out several
         # to a write (see InFlight.answer); or, once admission is closed, refused before the main
         # thread can end the process.
+        return self._accept_all(lines)
+
+    def _accept_all(self, lines: Iterable[bytes]) -> list[tuple[TaskRequest, Reply]]:
+        """Accept each line (see :meth:`_accept`): the tasks admitted."""
+        accept = self._accept
         return [task for line in lines if (task := accept(line)) is not None]
+
+    def _accept_waiting_locked(self) -> list[tuple[TaskRequest, Reply]]:
+        """Accept the lines read and not accepted yet, in order (under ``_accepting``)."""
+        tasks = self._accept_all(self._unaccepted)
+        self._unaccepted.clear()
+        return tasks
 
     def _accept_in_turn(self) -> Iterator[tuple[TaskRequest, Reply]]:
         """Accept the lines read so far, one each time the caller asks for the next task."""
@@ -392,8 +401,7 @@ class Server:
         shutdown timeout. Under ``_accepting``, so that no line is added or taken meanwhile.
         """
         with self._accepting:
-            read = [task for line in self._unaccepted if (task := self._accept(line)) is not None]
-            self._unaccepted.clear()
+            read = self._accept_waiting_locked()
             self.inflight.close()
         self._submit(read)
 
