@@ -10,7 +10,7 @@ pydantic-settings' ``BaseSettings`` to read them from the environment and TOML f
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, fields, is_dataclass
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from functools import cache
 from typing import Annotated, Any, TypeVar
 
@@ -68,5 +68,5 @@ def from_model(settings_cls: type, model: BaseModel) -> dict[str, Any]:
 def _as_input(value: Any) -> Any:
     # A nested settings dataclass is given to its model as the table it stands for.
     if is_dataclass(value) and not isinstance(value, type):
-        return {spec.name: getattr(value, spec.name) for spec in fields(value)}
+        return asdict(value)
     return value
