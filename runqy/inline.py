@@ -26,13 +26,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Reply
 
-__all__ = ["GUARD_IDLE_AFTER_S", "HAND_OVER_AFTER_S", "InlineThread", "Interrupt", "ReadChunk", "RunTask", "StdinHost"]
+__all__ = [
+    "GUARD_IDLE_AFTER_S",
+    "HAND_OVER_AFTER_S",
+    "HostedStdin",
+    "InlineThread",
+    "Interrupt",
+    "ReadChunk",
+    "RunTask",
+    "StdinHost",
+]
 
 log = logging.getLogger("runqy")
 
@@ -52,6 +63,21 @@ RunTask = Callable[[TaskRequest, Reply], object]
 ReadChunk = Callable[[int], Iterable[Task] | None]
 
 
+@dataclass(frozen=True)
+class HostedStdin:
+    """What the serving loop lends a stdin host: how to read stdin, and what a host polling it needs besides."""
+
+    read: ReadChunk
+    #: The descriptor ``read`` reads: a host that waits on it among other fds polls it.
+    fd: int
+    #: False while so many tasks are open that ``read`` would first wait for some to be answered:
+    #: a host whose own thread makes the answers must not read then (it would wait for itself).
+    has_room: Callable[[], bool]
+    #: The answers the calling thread makes inside go out in one write at the end: for a
+    #: host that answers several tasks at once.
+    answers_together: Callable[[], AbstractContextManager[object]]
+
+
 class StdinHost(Protocol):
     """Threads that read stdin themselves between their tasks: an :class:`InlineThread`, or a thread pool."""
 
@@ -59,8 +85,8 @@ class StdinHost(Protocol):
     #: parsed and admitted just before it runs (see :meth:`runqy.serve.Server.serve`).
     runs_what_it_reads: bool
 
-    def host(self, read: ReadChunk) -> None:
-        """Read with ``read`` whenever a thread has no task, until :meth:`stop_hosting`."""
+    def host(self, stdin: HostedStdin) -> None:
+        """Read with ``stdin.read`` whenever a thread has no task, until :meth:`stop_hosting`."""
 
     def stop_hosting(self) -> None:
         """Stop reading stdin; queued and running tasks go on."""
@@ -132,10 +158,10 @@ class InlineThread:
             self._queued.extend(tasks)
             self._wake_locked()
 
-    def host(self, read: ReadChunk) -> None:
-        """Read stdin with ``read`` on the inline thread whenever it has no task, until :meth:`stop_hosting`."""
+    def host(self, stdin: HostedStdin) -> None:
+        """Read stdin on the inline thread whenever it has no task, until :meth:`stop_hosting`."""
         with self._changed:
-            self._read = read
+            self._read = stdin.read
             if self._helper is None:
                 self._helper = threading.Thread(target=self._guard, name="runqy-read-guard", daemon=True)
                 self._helper.start()

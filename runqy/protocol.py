@@ -8,6 +8,7 @@ can write into the protocol stream.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import json.encoder
 import logging
@@ -16,7 +17,7 @@ import queue
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, Final, NamedTuple
 
@@ -288,6 +289,9 @@ class ProtocolChannel:
         self.send: Callable[[bytes], None] = self._lines.put
         # Held while a write is under way, by the writer thread or by send_alone().
         self._writing = threading.Lock()
+        #: The thread inside :meth:`together`, and the lines it sent alone there.
+        self._holder: int | None = None
+        self._held: list[bytes] = []
         self._broken = False
         self._writer = threading.Thread(target=self._write_forever, name="runqy-writer", daemon=True)
         self._writer.start()
@@ -311,7 +315,30 @@ class ProtocolChannel:
         the line is queued like :attr:`send` instead, so a burst still goes out in few
         writes. A line may so pass lines of other tasks still held by the writer
         thread, never a status line: requests come only after the ready line is read.
+        Inside :meth:`together`, it waits for the block's end.
         """
+        if self._holder == threading.get_ident():
+            self._held.append(line)
+            return
+        self._send_now(line)
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """The lines this thread sends alone inside the block go out in one write at its end.
+
+        For a thread that answers several tasks at once: one system call, and one
+        wake-up of the worker reading them, instead of one per answer. One thread at a time.
+        """
+        self._holder = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._holder = None
+            held, self._held = self._held, []
+            if held:
+                self._send_now(b"".join(held))
+
+    def _send_now(self, line: bytes) -> None:
         if self._writing.acquire(blocking=False):
             try:
                 if self._lines.empty():

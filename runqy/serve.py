@@ -30,6 +30,7 @@ from types import FrameType
 from typing import Final
 
 from runqy.errors import ProtocolError
+from runqy.inline import HostedStdin
 from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
@@ -108,6 +109,10 @@ class InFlight:
     def __len__(self) -> int:
         """Tasks accepted and not answered yet."""
         return len(self._open)
+
+    def has_room(self) -> bool:
+        """Whether a read may go on now: :meth:`wait_for_room` would return at once."""
+        return len(self._open) < self._limit
 
     def wait_for_room(self) -> None:
         """Wait while ``limit`` or more tasks are open, until no more than half as many are.
@@ -244,7 +249,8 @@ class Server:
                 # no reader thread hands them tasks, no writer thread is woken.
                 self.inflight.answer_in_place = True
                 restore_blocking = _stdin_nonblocking(stdin_fd)
-                host.host(partial(self._read_chunk_or_fail, in_turn=host.runs_what_it_reads))
+                read = partial(self._read_chunk_or_fail, in_turn=host.runs_what_it_reads)
+                host.host(HostedStdin(read, stdin_fd, self.inflight.has_room, self.channel.together))
             while self._reason is None:
                 os.read(self._wake_r, 64)
             return self._shut_down()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import behaviours
 from behaviours import LOAD_GREETING, LOADS_DIR_VAR
-from conftest import capacity_of
+from conftest import BEHAVIOURS_OF, RUNNERS, capacity_of
 from harness import wait_for_files
+from runner_params import CLEAN_ENV
 
 from runqy.local.driver import LocalWorker, Outcome, make_request
 
@@ -48,6 +54,42 @@ def test_ten_thousand_tasks_give_ten_thousand_well_formed_lines(spawn: Spawn) ->
     assert sorted(o.response["task_id"] for o in outcomes if o.response) == sorted(r["task_id"] for r in requests)
     assert all(o.response == _ok(o.request) for o in outcomes)
     assert worker.unmatched_responses == [] and worker.garbage_lines == []
+
+
+def test_a_stream_beyond_what_the_worker_holds_is_answered_once_each(spawn: Spawn) -> None:
+    """A driver that writes more requests than the worker takes at once (capacity + 10,000).
+
+    The worker stops reading until answers make room, so the driver blocks on a full
+    pipe; every request is still answered, once. The process runner reads stdin on the
+    thread that also makes the answers: it must stop reading, never wait for room.
+    """
+    worker = spawn()
+    requests = [make_request({"op": "echo", "n": n}, task_id=f"t{n}") for n in range(25_000)]
+    outcomes = list(worker.run(requests, concurrency=len(requests), deadline_s=120))
+    assert worker.shutdown() == 0
+    assert sorted(o.response["task_id"] for o in outcomes if o.response) == sorted(r["task_id"] for r in requests)
+    assert worker.unmatched_responses == [] and worker.garbage_lines == []
+
+
+def test_requests_from_a_file_are_answered_and_its_end_ends_the_worker(runner_name: str, tmp_path: Path) -> None:
+    """``python worker.py < requests.jsonl``: stdin is a regular file, not a pipe (poll, not epoll, reads it)."""
+    requests = [make_request({"op": "echo", "n": n}, task_id=f"t{n}") for n in range(50)]
+    (tmp_path / "requests.jsonl").write_text("".join(json.dumps(r) + "\n" for r in requests))
+    target = BEHAVIOURS_OF.get(runner_name, behaviours).__file__
+    with (tmp_path / "requests.jsonl").open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "runqy", "run", target],
+            stdin=stdin,
+            capture_output=True,
+            env={**CLEAN_ENV, **RUNNERS[runner_name]},
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    ready, *answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert ready == {"status": "ready"}
+    assert sorted(answer["task_id"] for answer in answers) == sorted(r["task_id"] for r in requests)
+    assert sorted(answers, key=_n) == [_ok(request) for request in requests]
 
 
 def test_retry_after_timeout_is_answered_at_once(spawn: Spawn) -> None:
@@ -144,6 +186,10 @@ def test_print_in_load_and_shell_output_never_reach_stdout(spawn: Spawn) -> None
 def _outcome(worker: LocalWorker, payload: object) -> Outcome:
     (outcome,) = worker.run([make_request(payload)], concurrency=1)
     return outcome
+
+
+def _n(message: dict[str, Any]) -> int:
+    return int(message["task_id"][1:])
 
 
 def _ok(request: dict[str, object]) -> dict[str, object]:

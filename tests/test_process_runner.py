@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 from process_helpers import request, run_task, started, submit, wait_for_file, wait_gone
 
 from runqy.errors import LoadFailed, RunnerBroken
+from runqy.inline import HostedStdin
 from runqy.runners.hybrid import HybridRunner
 from runqy.runners.process import PersistentProcessRunner
 
@@ -202,3 +204,25 @@ def test_a_child_imports_nothing_heavy_it_does_not_use() -> None:
     code += "print(sorted({'pydantic', 'pydantic_settings', 'pydantic_core', 'asyncio'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_failure_in_the_loop_that_reads_stdin_breaks_the_runner_instead_of_hanging_it() -> None:
+    """The supervisor thread reads stdin and answers every task: if it fails, the worker must exit and restart."""
+    reported: list[BaseException] = []
+    failed = threading.Event()
+
+    def has_room() -> bool:
+        raise RuntimeError("stdin cannot be polled")
+
+    with started() as runner:
+        runner.on_fatal = lambda exc: (reported.append(exc), failed.set())
+        stdin_r, stdin_w = os.pipe()
+        try:
+            host = runner.stdin_host()
+            assert host is not None
+            host.host(HostedStdin(lambda _fd: [], stdin_r, has_room, contextlib.nullcontext))
+            assert failed.wait(10)
+        finally:
+            os.close(stdin_r)
+            os.close(stdin_w)
+    assert isinstance(reported[0], RunnerBroken) and "stdin cannot be polled" in str(reported[0])

@@ -14,7 +14,7 @@ from conftest import WorkerFactory
 
 from runqy.app import Registry
 from runqy.config.settings import RunqySettings
-from runqy.inline import ReadChunk, StdinHost
+from runqy.inline import HostedStdin, ReadChunk, StdinHost
 from runqy.local.driver import make_request
 from runqy.protocol import READY_LINE, ProtocolChannel
 from runqy.serve import Server
@@ -150,9 +150,9 @@ class _RecordingHost:
         self.runs_what_it_reads = host.runs_what_it_reads
         self.read: ReadChunk | None = None
 
-    def host(self, read: ReadChunk) -> None:
-        self.read = read
-        self._host.host(read)
+    def host(self, stdin: HostedStdin) -> None:
+        self.read = stdin.read
+        self._host.host(stdin)
 
     def stop_hosting(self) -> None:
         self._host.stop_hosting()

@@ -26,8 +26,8 @@ __all__ = ["Dispatcher", "Limits"]
 #: Tasks that take less than this in the children are sent several to a message when many
 #: wait: their round trip, not their run time, would limit the throughput.
 _SHORT_TASK_S: Final = 0.001
-#: At most this many tasks in one message to a child.
-_MAX_TASKS_PER_MESSAGE: Final = 32
+#: At most this many short tasks held by one child (running or waiting there).
+_MAX_TASKS_PER_CHILD: Final = 32
 
 
 @dataclass(frozen=True)
@@ -72,40 +72,41 @@ class Dispatcher:
             self._dispatch_spread_locked()
 
     def _dispatch_in_order_locked(self) -> None:
-        """Process runner: each idle child takes its share of the pending tasks in one message.
+        """Process runner: each ready child takes its share of the pending tasks in one message.
 
         The child runs them one after the other and answers each before the next starts:
-        one message and one wake-up of the child for several short tasks. Only short
-        tasks are grouped (see _SHORT_TASK_S): a task queued in a child cannot move to
-        another child that becomes free, so a long one would hold up the rest.
+        one message and one wake-up of the child for several short tasks. Short tasks (see
+        _SHORT_TASK_S) also go to a child that is still busy, behind the tasks it holds, so
+        that it never waits for the parent between them. Long ones go one at a time to an
+        idle child: a task queued in a child cannot move to another child that becomes
+        free, so a long one would hold up the rest.
         """
         ready = [child for child in self.children if child.state is ChildState.READY]
+        if not ready or not self._pending:
+            return
+        short = self._typical_s is not None and self._typical_s <= _SHORT_TASK_S
+        # Short tasks: every child holds an even share of all the tasks pending or held.
+        held = sum(len(child.inflight) for child in ready) if short else 0
+        share = min(-(-(len(self._pending) + held) // len(ready)), _MAX_TASKS_PER_CHILD) if short else 1
         for child in ready:
-            if not self._pending:
-                return
-            if child.inflight:
-                continue
-            jobs = [self._pending.popleft() for _ in range(self._share_locked(child, len(ready)))]
-            for job in jobs:
-                job.seq = next(self._seq)
-                job.deadline = None  # set when it starts: see _start_next_locked
-                child.inflight[job.seq] = job
-            head = jobs[0]
-            head.started = time.monotonic()
-            head.deadline = self.limits.attempt_deadline(head.started)
-            if not child.send_tasks(jobs):
-                self._unsent_locked(child, jobs)
-            elif head.deadline is not None:
-                self._wake_if_sooner(head.deadline)
+            count = min(share - len(child.inflight), len(self._pending))
+            if (max_tasks := self.limits.max_tasks_per_child) is not None:
+                count = min(count, max_tasks - child.tasks_done - len(child.inflight))  # recycled on time
+            if count > 0:
+                self._send_in_order_locked(child, [self._pending.popleft() for _ in range(count)])
 
-    def _share_locked(self, child: ChildProcess, ready: int) -> int:
-        """How many pending tasks an idle child takes: an even share among the ready children, when tasks are short."""
-        if self._typical_s is None or self._typical_s > _SHORT_TASK_S:
-            return 1
-        share = min(-(-len(self._pending) // ready), _MAX_TASKS_PER_MESSAGE)
-        if (max_tasks := self.limits.max_tasks_per_child) is not None:
-            share = min(share, max(1, max_tasks - child.tasks_done))  # recycled on time
-        return share
+    def _send_in_order_locked(self, child: ChildProcess, jobs: list[Job]) -> None:
+        """Send jobs to run after those the child holds; the first one runs now if it holds none."""
+        idle = not child.inflight
+        for job in jobs:
+            job.seq = next(self._seq)
+            job.deadline = None  # set when it starts: see _start_next_locked
+            child.inflight[job.seq] = job
+        if not child.send_tasks(jobs):
+            self._unsent_locked(child, jobs)
+            return
+        if idle:
+            self._start_next_locked(child)
 
     def _start_next_locked(self, child: ChildProcess) -> None:
         """The child answered its running task and starts the next one it holds: its timeout runs from now."""

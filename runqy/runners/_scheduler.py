@@ -92,17 +92,21 @@ class Scheduler(Dispatcher):
         with self.lock:
             if self.state is not State.RUNNING:
                 raise RunnerClosed(f"{len(tasks)} task(s) submitted while the process runner is {self.state.value}")
-            arrived = time.monotonic() if self.limits.batch is not None else 0.0
-            for request, reply in tasks:
-                refusal = self._refusal_locked(request)
-                if refusal is None:
-                    self._pending.append(Job(request, reply, arrived=arrived))
-                else:
-                    outcome = GAVE_UP if refusal.retry else CRASHED
-                    self._finish_locked(Job(request, reply), refusal, refused, outcome)
+            self._queue_locked(tasks, refused)
             self._dispatch_locked()
         for reply, response in refused:
             reply(response)
+
+    def _queue_locked(self, tasks: list[tuple[TaskRequest, Reply]], refused: Replies) -> None:
+        """Queue tasks to be dispatched; those that must not run are answered into ``refused``."""
+        arrived = time.monotonic() if self.limits.batch is not None else 0.0
+        for request, reply in tasks:
+            refusal = self._refusal_locked(request)
+            if refusal is None:
+                self._pending.append(Job(request, reply, arrived=arrived))
+            else:
+                outcome = GAVE_UP if refusal.retry else CRASHED
+                self._finish_locked(Job(request, reply), refusal, refused, outcome)
 
     def drain_and_close(self, timeout_s: float | None) -> Replies | None:
         """Let running work finish (up to ``timeout_s``), then stop every child; None if already closed."""
@@ -219,6 +223,16 @@ class Scheduler(Dispatcher):
             self._finish_locked(job, failure, self._deferred, GAVE_UP)
         self._pending.clear()
         self._retries.clear()
+
+    def on_tasks_locked(self, tasks: list[tuple[TaskRequest, Reply]], replies: Replies) -> None:
+        """Tasks the supervisor read from stdin: queued like submitted ones, dispatched by the tick that follows."""
+        if self.state is State.RUNNING:
+            self._queue_locked(tasks, replies)
+            return
+        why = f"runner rejected the task: the process runner is {self.state.value}"
+        for request, reply in tasks:
+            refusal = TaskResponse.failure(request.task_id, why, retry=True)
+            self._finish_locked(Job(request, reply), refusal, replies, GAVE_UP)
 
     def next_due_locked(self) -> float:
         due = self._retries[0][0] if self._retries else math.inf

@@ -1,9 +1,14 @@
 """The supervisor thread of the process runner: keeps children alive and turns what they do into events.
 
 It owns the children's lifecycle (spawn, read, notice exits, escalate kills) and
-nothing about tasks: what a message, an exit or a deadline means for a task is
-decided by the runner, through :class:`SupervisedEvents`, always under the runner's
-lock and always on this one thread.
+nothing about tasks: what a message, an exit, a deadline or a request read from stdin
+means for a task is decided by the runner, through :class:`SupervisedEvents`, always
+under the runner's lock and always on this one thread.
+
+While the serving loop lends it stdin (:meth:`ChildSupervisor.host`), this thread is the
+whole parent's hot path: one poll wakes it for requests and for answers alike, it sends
+the requests to the children and writes the answers itself. A reader and a writer
+thread handing each task on would cost more than the task's hop to a child.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from collections.abc import Callable
 from multiprocessing.context import BaseContext
 from typing import Any, Final, Protocol
 
-from runqy.protocol import TaskResponse
+from runqy.errors import RunnerBroken
+from runqy.inline import HostedStdin
+from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._child import ChildSpec
 from runqy.runners._children import ChildProcess
 from runqy.runners.base import Reply
@@ -36,6 +43,8 @@ _TICK_S: Final = 1.0
 Replies = list[tuple[Reply, TaskResponse]]
 #: The messages read from children in one pass, by child.
 _Arrived = list[tuple[ChildProcess, list[Any]]]
+#: The selector's mark for stdin (children are marked by (child, is_sentinel), the wake-up pipe by None).
+_STDIN: Final = "stdin"
 
 
 class SupervisedEvents(Protocol):
@@ -53,6 +62,9 @@ class SupervisedEvents(Protocol):
     def on_child_failed_locked(self, what: str) -> None:
         """A child could not be started, or died unexpectedly."""
 
+    def on_tasks_locked(self, tasks: list[tuple[TaskRequest, Reply]], replies: Replies) -> None:
+        """Tasks read from stdin by this thread (see :meth:`ChildSupervisor.host`)."""
+
     def next_due_locked(self) -> float:
         """The next deadline of the runner (monotonic seconds), or ``math.inf``."""
 
@@ -61,7 +73,14 @@ class SupervisedEvents(Protocol):
 
 
 class ChildSupervisor:
-    """Runs the select loop over every child's pipe and exit sentinel, plus a wake-up pipe."""
+    """Runs the poll loop over every child's pipe and exit sentinel, a wake-up pipe, and stdin while lent it.
+
+    It is the runner's stdin host (:class:`~runqy.inline.StdinHost`): the requests it reads
+    go to the runner as they arrive, and the runner dispatches them in the same pass.
+    """
+
+    #: The requests of a read are accepted together and queued for the children.
+    runs_what_it_reads = False
 
     def __init__(
         self,
@@ -83,19 +102,36 @@ class ChildSupervisor:
         #: When the loop will wake up by itself; an earlier deadline must call :meth:`wake`.
         self.wake_at = 0.0
         self._next_liveness_check = time.monotonic() + _TICK_S
-        self._selector = selectors.DefaultSelector()
+        # poll, not epoll: stdin may be a regular file, which epoll refuses.
+        self._selector = selectors.PollSelector()
         self._watched: set[ChildProcess] = set()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        #: Lent by the serving loop (see :meth:`host`); None when not reading stdin.
+        self._stdin: HostedStdin | None = None
+        self._stdin_polled: int | None = None
         # Children are started by this thread only, so that one thread owns their lifecycle.
-        self._thread = threading.Thread(target=self._run, name="runqy-supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._run_or_fail, name="runqy-supervisor", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
+    def host(self, stdin: HostedStdin) -> None:
+        """Read stdin in this loop whenever it has something, until :meth:`stop_hosting` or its end."""
+        self._stdin = stdin
+        self.wake()
+
+    def stop_hosting(self) -> None:
+        """Read stdin no more; the tasks already read go on."""
+        self._stdin = None
+        self.wake()
+
     def wake(self) -> None:
+        """Make the loop look again at once (called from other threads; the loop itself looks after each pass)."""
+        if threading.get_ident() == self._thread.ident:
+            return
         # OSError: the pipe is full (a wake-up is pending anyway) or closed (the loop is over).
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
@@ -116,6 +152,14 @@ class ChildSupervisor:
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def _run_or_fail(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:
+            # Nothing would answer the children or read stdin any more: the worker must restart.
+            log.critical("the process runner's supervisor thread failed", exc_info=exc)
+            self._report_fatal(RunnerBroken(f"the process runner's supervisor thread failed: {exc!r}"))
+
     def _run(self) -> None:
         missing = self._missing()
         while True:
@@ -126,8 +170,10 @@ class ChildSupervisor:
                     return
                 self._watch_new_locked()
                 timeout_s = self._next_due_locked()
+            stdin = self._poll_stdin()
             events = self._selector.select(timeout_s)
-            arrived, exited = self._read(events)
+            arrived, exited, stdin_ready = self._read(events)
+            tasks = self._read_stdin(stdin) if stdin is not None and stdin_ready else []
             replies: Replies = []
             with self._lock:
                 for child, messages in arrived:
@@ -136,24 +182,40 @@ class ChildSupervisor:
                 for child in exited:
                     if child in self._watched:
                         self._exited_locked(child, replies)
+                if tasks:  # after the answers: the children they freed take these tasks in this pass
+                    self._events.on_tasks_locked(tasks, replies)
                 now = time.monotonic()
                 self._escalate_locked(now, replies)
                 fatal = self._events.on_tick_locked(now, replies)
                 missing = self._missing_locked()
-            _send(replies)
+            self._answer(replies)
             if fatal is not None:
                 self._report_fatal(fatal)
 
-    def _read(self, events: list[tuple[selectors.SelectorKey, int]]) -> tuple[_Arrived, list[ChildProcess]]:
+    def _answer(self, replies: Replies) -> None:
+        """Send the replies of one pass; while serving stdin, their lines go out in one write."""
+        stdin = self._stdin
+        if stdin is None or len(replies) < 2:
+            _send(replies)
+            return
+        with stdin.answers_together():
+            _send(replies)
+
+    def _read(self, events: list[tuple[selectors.SelectorKey, int]]) -> tuple[_Arrived, list[ChildProcess], bool]:
         """Read every message waiting, without the lock: only this thread reads the pipes or closes them.
 
-        Returns the messages by child, and the children that exited or closed their pipe.
+        Returns the messages by child, the children that exited or closed their pipe, and
+        whether stdin is readable.
         """
         arrived: _Arrived = []
         exited: list[ChildProcess] = []
+        stdin_ready = False
         for key, _ in events:
             if key.data is None:
                 self._drain_wake()
+                continue
+            if key.data is _STDIN:
+                stdin_ready = True
                 continue
             child, is_sentinel = key.data
             if child not in self._watched or child in exited:
@@ -163,7 +225,29 @@ class ChildSupervisor:
                 exited.append(child)
             else:
                 arrived.append((child, messages))
-        return arrived, exited
+        return arrived, exited, stdin_ready
+
+    def _poll_stdin(self) -> HostedStdin | None:
+        """Poll stdin in the next wait while it is lent and a read would not have to wait for room."""
+        stdin = self._stdin
+        if stdin is not None and not stdin.has_room():
+            stdin = None  # answers make room, and each pass looks again
+        fd = None if stdin is None else stdin.fd
+        if fd != self._stdin_polled:
+            if self._stdin_polled is not None:
+                self._selector.unregister(self._stdin_polled)
+            if fd is not None:
+                self._selector.register(fd, selectors.EVENT_READ, _STDIN)
+            self._stdin_polled = fd
+        return stdin
+
+    def _read_stdin(self, stdin: HostedStdin) -> list[tuple[TaskRequest, Reply]]:
+        """The tasks of one read of stdin; at its end (or when reading failed) stdin is read no more."""
+        tasks = stdin.read(self._wake_r)  # the wake-up pipe ends a wait, should stdin have nothing after all
+        if tasks is None:
+            self._stdin = None
+            return []
+        return list(tasks)
 
     def _missing(self) -> int:
         with self._lock:

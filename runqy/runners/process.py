@@ -2,18 +2,17 @@
 
 Data flow::
 
-  serving loop            parent                                                children (_child.py)
-  ------------            ------                                                --------------------
-  submit(request, reply)
-        |
+  stdin (lent by the serving loop)     parent                                   children (_child.py)
+  --------------------------------     ------                                   --------------------
+        |  read by the supervisor thread, between answers
         v
-      Job --> pending --dispatch to an idle ready child-----------> pipe 0 --> child 0 (own session)
-      (_scheduler.py,  ^  (short tasks: its share in one message)   pipe 1 --> child 1   @load once,
-       _dispatch.py)   | local retry (backoff)                         ...            then tasks
-                       |                                                                 |
-  reply(response) <-- finish <-- supervisor thread <-- DONE(seq, attempt, result) -------+
-                                 (_supervisor.py) select() over every pipe, every process
-                                 sentinel and a wake-up pipe; the scheduler decides:
+      Job --> pending --dispatch to ready children-------------------> pipe 0 --> child 0 (own session)
+      (_scheduler.py,  ^  (short tasks: an even share, also queued     pipe 1 --> child 1   @load once,
+       _dispatch.py)   |   behind those a child holds)                   ...            then tasks
+                       | local retry (backoff)                                               |
+  stdout <-- reply <-- finish <-- supervisor thread <-- DONE(seq, attempt, result) ---------+
+  (the pass's answers            (_supervisor.py) poll() over stdin, every pipe, every process
+   in one write)                 sentinel and a wake-up pipe; the scheduler decides:
                                  - deadline passed: kill the child's process group (SIGTERM,
                                    grace, SIGKILL), answer or retry the task, spawn a replacement
                                  - child exited: fail its in-flight task (exit code / signal),
@@ -59,6 +58,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
     from runqy.config.settings import RunqySettings
+    from runqy.inline import StdinHost
 
 __all__ = ["PersistentProcessRunner", "default_num_processes"]
 
@@ -201,6 +201,10 @@ class PersistentProcessRunner(Runner):
             self._supervisor.kill_all()  # whatever did not exit in time
         if self._monitor is not None:
             self._monitor.join()
+
+    def stdin_host(self) -> StdinHost | None:
+        """The supervisor thread, which reads stdin in the loop that reads the children's answers."""
+        return self._supervisor
 
     @property
     def abandoned_attempts(self) -> int:

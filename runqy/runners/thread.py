@@ -32,7 +32,7 @@ from runqy.attempts import AttemptEngine, Continuation, RetryPolicy
 from runqy.batch_attempts import BatchAttemptEngine, BatchItem
 from runqy.batching import gather
 from runqy.errors import RunnerClosed
-from runqy.inline import ReadChunk, StdinHost
+from runqy.inline import HostedStdin, StdinHost
 from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._pool_reading import READ_TURN, ReadTurn, _ReadTurnToken
@@ -163,8 +163,8 @@ class ThreadPool:
             self._threads.discard(abandoned)
             self._start_thread(continuation)
 
-    def host(self, read: ReadChunk) -> None:
-        """Read stdin with ``read`` on the pool's threads, one at a time, until :meth:`stop_hosting`.
+    def host(self, stdin: HostedStdin) -> None:
+        """Read stdin with ``stdin.read`` on the pool's threads, one at a time, until :meth:`stop_hosting`.
 
         The thread that reads a chunk runs its tasks, unless one runs long: see
         :mod:`runqy.runners._pool_reading`. Not for a batch handler, whose threads take batches.
@@ -176,7 +176,7 @@ class ThreadPool:
                 raise RunnerClosed("cannot read stdin: the runner was closed")
             if self._turn is None:
                 self._turn = ReadTurn(self._lock, self._hand_over)
-            if self._turn.host(read):
+            if self._turn.host(stdin.read):
                 self._put_locked(READ_TURN)
 
     def stop_hosting(self) -> None:
