@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any, Final
 
@@ -225,9 +225,10 @@ class Scheduler(Dispatcher):
         self._retries.clear()
 
     def on_tasks_locked(self, tasks: list[tuple[TaskRequest, Reply]], replies: Replies) -> None:
-        """Tasks the supervisor read from stdin: queued like submitted ones, dispatched by the tick that follows."""
+        """Tasks the supervisor read from stdin: queued and dispatched like submitted ones."""
         if self.state is State.RUNNING:
             self._queue_locked(tasks, replies)
+            self._dispatch_locked()
             return
         why = f"runner rejected the task: the process runner is {self.state.value}"
         for request, reply in tasks:
@@ -242,14 +243,14 @@ class Scheduler(Dispatcher):
             if batch_due > time.monotonic():  # past due, it waits for a free child, whose answer wakes us
                 due = min(due, batch_due)
         for child in self.children:
-            for job in child.inflight.values():
+            for job in self._timed_locked(child):
                 if job.deadline is not None and job.deadline < due:
                     due = job.deadline
         return due
 
     def on_tick_locked(self, now: float, replies: Replies) -> BaseException | None:
         for child in list(self.children):
-            overdue = [job for job in child.inflight.values() if job.deadline is not None and now >= job.deadline]
+            overdue = [job for job in self._timed_locked(child) if job.deadline is not None and now >= job.deadline]
             if overdue:
                 self._timed_out_locked(child, overdue, replies)
         while self._retries and self._retries[0][0] <= now:
@@ -259,6 +260,18 @@ class Scheduler(Dispatcher):
         self._deferred.clear()
         fatal, self._fatal_to_report = self._fatal_to_report, None
         return fatal
+
+    def _timed_locked(self, child: ChildProcess) -> Iterable[Job]:
+        """The child's jobs that may have a deadline, looked at on every pass.
+
+        None without a timeout; with tasks queued in the child, only the one running
+        (the others get theirs when they start, and up to 32 may be held).
+        """
+        if self.policy.task_timeout_s is None:
+            return ()
+        if self._queued_in_child:
+            return itertools.islice(child.inflight.values(), 1)
+        return child.inflight.values()
 
     # --- what happens to tasks ---------------------------------------------------------------
 

@@ -182,8 +182,11 @@ class ChildSupervisor:
                 for child in exited:
                     if child in self._watched:
                         self._exited_locked(child, replies)
-                if tasks:  # after the answers: the children they freed take these tasks in this pass
+                if tasks:  # after the answers: the children they freed take these tasks at once
                     self._events.on_tasks_locked(tasks, replies)
+            self._answer(replies)  # before the rounds below, which can wait: the Go worker cannot
+            replies = []
+            with self._lock:
                 now = time.monotonic()
                 self._escalate_locked(now, replies)
                 fatal = self._events.on_tick_locked(now, replies)
