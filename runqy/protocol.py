@@ -317,10 +317,18 @@ class ProtocolChannel:
         thread, never a status line: requests come only after the ready line is read.
         Inside :meth:`together`, it waits for the block's end.
         """
-        if self._holder == threading.get_ident():
+        holder = self._holder
+        if holder is not None and holder == threading.get_ident():
             self._held.append(line)
             return
-        self._send_now(line)
+        if self._writing.acquire(blocking=False):
+            try:
+                if self._lines.empty():
+                    self._write(line)
+                    return
+            finally:
+                self._writing.release()
+        self._lines.put(line)
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
@@ -336,17 +344,7 @@ class ProtocolChannel:
             self._holder = None
             held, self._held = self._held, []
             if held:
-                self._send_now(b"".join(held))
-
-    def _send_now(self, line: bytes) -> None:
-        if self._writing.acquire(blocking=False):
-            try:
-                if self._lines.empty():
-                    self._write(line)
-                    return
-            finally:
-                self._writing.release()
-        self._lines.put(line)
+                self.send_alone(b"".join(held))
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every line sent so far is written; False if that took longer than ``timeout_s``."""

@@ -140,3 +140,26 @@ def test_lines_from_many_threads_alone_or_queued_come_out_whole() -> None:
     os.close(read_fd)
     os.close(write_fd)
     assert sorted(received.splitlines(keepends=True)) == lines
+
+
+def test_answers_sent_together_go_out_at_the_end_of_the_block_and_others_at_once() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    channel = ProtocolChannel(write_fd)
+    try:
+        with channel.together():
+            channel.send_alone(b'{"task_id":"a"}\n')
+            channel.send_alone(b'{"task_id":"b"}\n')
+            with pytest.raises(BlockingIOError):
+                os.read(read_fd, 1024)  # held until the block ends
+            other = threading.Thread(target=channel.send_alone, args=(b'{"task_id":"other"}\n',))
+            other.start()
+            other.join()
+            assert os.read(read_fd, 1024) == b'{"task_id":"other"}\n'  # another thread's line is not held
+        assert os.read(read_fd, 1024) == b'{"task_id":"a"}\n{"task_id":"b"}\n'
+        channel.send_alone(b'{"task_id":"c"}\n')  # after the block: at once again
+        assert os.read(read_fd, 1024) == b'{"task_id":"c"}\n'
+    finally:
+        channel.close(5)
+        os.close(read_fd)
+        os.close(write_fd)
