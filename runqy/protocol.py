@@ -17,6 +17,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any, Final, NamedTuple
@@ -292,6 +293,8 @@ class ProtocolChannel:
         #: The thread inside :meth:`together`, and the lines it sent alone there.
         self._holder: int | None = None
         self._held: list[bytes] = []
+        #: Held for a :meth:`together` block: :meth:`flush` waits for its lines too.
+        self._together = threading.Lock()
         self._broken = False
         self._writer = threading.Thread(target=self._write_forever, name="runqy-writer", daemon=True)
         self._writer.start()
@@ -337,20 +340,29 @@ class ProtocolChannel:
         For a thread that answers several tasks at once: one system call, and one
         wake-up of the worker reading them, instead of one per answer. One thread at a time.
         """
-        self._holder = threading.get_ident()
-        try:
-            yield
-        finally:
-            self._holder = None
-            held, self._held = self._held, []
-            if held:
-                self.send_alone(b"".join(held))
+        with self._together:
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+                held, self._held = self._held, []
+                if held:
+                    self.send_alone(b"".join(held))
 
     def flush(self, timeout_s: float | None = None) -> bool:
-        """Wait until every line sent so far is written; False if that took longer than ``timeout_s``."""
+        """Wait until every line sent so far is written; False if that took longer than ``timeout_s``.
+
+        Lines held by a :meth:`together` block under way count as sent: a task answered
+        there is no longer open, and the process may be about to exit.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        if not self._together.acquire(timeout=-1 if timeout_s is None else timeout_s):
+            return False
+        self._together.release()
         written = threading.Event()
         self._lines.put(written)
-        return written.wait(timeout_s)
+        return written.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def close(self, timeout_s: float | None = None) -> None:
         """Write what is queued, then stop the writer."""

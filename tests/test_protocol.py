@@ -163,3 +163,31 @@ def test_answers_sent_together_go_out_at_the_end_of_the_block_and_others_at_once
         channel.close(5)
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_flush_waits_for_the_answers_held_by_a_block_under_way() -> None:
+    """A task answered inside together() is no longer open: shutting down must not lose its line."""
+    read_fd, write_fd = os.pipe()
+    channel = ProtocolChannel(write_fd)
+    inside, finish = threading.Event(), threading.Event()
+
+    def answer_together() -> None:
+        with channel.together():
+            channel.send_alone(b'{"task_id":"held"}\n')
+            inside.set()
+            finish.wait()
+
+    answering = threading.Thread(target=answer_together)
+    answering.start()
+    try:
+        assert inside.wait(5)
+        assert channel.flush(timeout_s=0.05) is False  # the block, and its line, are not done
+        finish.set()
+        assert channel.flush(timeout_s=5) is True
+        assert os.read(read_fd, 1024) == b'{"task_id":"held"}\n'
+    finally:
+        finish.set()
+        answering.join()
+        channel.close(5)
+        os.close(read_fd)
+        os.close(write_fd)
