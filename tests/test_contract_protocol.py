@@ -88,8 +88,7 @@ def test_requests_from_a_file_are_answered_and_its_end_ends_the_worker(runner_na
     assert done.returncode == 0, done.stderr.decode()
     ready, *answers = [json.loads(line) for line in done.stdout.splitlines()]
     assert ready == {"status": "ready"}
-    assert sorted(answer["task_id"] for answer in answers) == sorted(r["task_id"] for r in requests)
-    assert sorted(answers, key=_n) == [_ok(request) for request in requests]
+    assert sorted(answers, key=_n) == [_ok(request) for request in requests]  # each once, none lost
 
 
 def test_retry_after_timeout_is_answered_at_once(spawn: Spawn) -> None:

@@ -7,8 +7,8 @@ Data flow::
         |  read by the supervisor thread, between answers
         v
       Job --> pending --dispatch to ready children-------------------> pipe 0 --> child 0 (own session)
-      (_scheduler.py,  ^  (short tasks: an even share, also queued     pipe 1 --> child 1   @load once,
-       _dispatch.py)   |   behind those a child holds)                   ...            then tasks
+      (_scheduler.py,  ^  (short tasks: several to a message, also     pipe 1 --> child 1   @load once,
+       _dispatch.py)   |   queued behind those a child holds)            ...            then tasks
                        | local retry (backoff)                                               |
   stdout <-- reply <-- finish <-- supervisor thread <-- DONE(seq, attempt, result) ---------+
   (the pass's answers            (_supervisor.py) poll() over stdin, every pipe, every process
