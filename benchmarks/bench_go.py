@@ -96,11 +96,12 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return {**env, **extra}
 
 
-def go_run(driver: Path, script: Path, contender: Contender, tasks: int, in_flight: int) -> dict[str, float]:
+def go_run(driver: Path, worker: str, contender: Contender, tasks: int, in_flight: int) -> dict[str, float]:
+    """One go-driver run of ``worker`` (a command line, which go-driver splits on spaces)."""
     command = [
         str(driver),
         *("-n", str(tasks), "-c", str(in_flight), "-payload", '{"i":{i}}', "-expect", "echo"),
-        *("-shutdown", "close-stdin", "-v", "0", "-cmd", f"{sys.executable} {script}"),
+        *("-shutdown", "close-stdin", "-v", "0", "-cmd", worker),
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=clean_env(contender.env), timeout=600)
     if done.returncode != 0:
@@ -196,7 +197,7 @@ def main() -> None:
                         )
                         script = scripts[contender.script]
                         run = (
-                            go_run(driver, script, contender, args.tasks, in_flight)
+                            go_run(driver, f"{sys.executable} {script}", contender, args.tasks, in_flight)
                             if through_go
                             else local_run(script, contender, args.tasks, in_flight)
                         )
