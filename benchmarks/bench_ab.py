@@ -68,12 +68,8 @@ def main() -> None:
     parser.add_argument("--go-driver", help="path of the go-driver binary (default: $RUNQY_GO_DRIVER or ~/go-driver)")
     parser.add_argument("--set", action="append", default=[], metavar="RUNQY_NAME=VALUE", help="another setting")
     args = parser.parse_args()
-    driver = find_driver(args.go_driver)
+    driver = find_driver(args.go_driver, "bench_ab")
     if driver is None:
-        print(
-            "bench_ab: go-driver is not built on this machine; build it as ../shared/go-driver/README.md says, "
-            "then pass --go-driver PATH or set RUNQY_GO_DRIVER. Nothing measured."
-        )
         return
     settings = {"RUNQY_RUNNER_CLS": args.runner, **dict(item.split("=", 1) for item in args.set)}
     with tempfile.TemporaryDirectory() as temp:

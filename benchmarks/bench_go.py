@@ -84,9 +84,16 @@ CONTENDERS = [
 ]
 
 
-def find_driver(option: str | None) -> Path | None:
+def find_driver(option: str | None, script: str) -> Path | None:
+    """go-driver's path; None, after saying how to build it, when it is not built (nothing is measured then)."""
     path = Path(option or os.environ.get("RUNQY_GO_DRIVER") or DEFAULT_DRIVER).expanduser()
-    return path if path.is_file() and os.access(path, os.X_OK) else None
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    print(
+        f"{script}: go-driver is not built on this machine; build it as ../shared/go-driver/README.md says, "
+        "then pass --go-driver PATH or set RUNQY_GO_DRIVER. Nothing measured."
+    )
+    return None
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
@@ -164,12 +171,8 @@ def main() -> None:
         "--only", help="comma-separated labels of the contenders to run (default: all; bare and 0.2.2 always run)"
     )
     args = parser.parse_args()
-    driver = find_driver(args.go_driver)
+    driver = find_driver(args.go_driver, "bench_go")
     if driver is None:
-        print(
-            "bench_go: go-driver is not built on this machine; build it as ../shared/go-driver/README.md says, "
-            "then pass --go-driver PATH or set RUNQY_GO_DRIVER. Nothing measured."
-        )
         return
     install_baseline()
     if args.only:
