@@ -140,9 +140,7 @@ class Scheduler(Dispatcher):
                 child.kill("runner closed") if busy else child.stop("runner closed")
         replies: Replies = [*self._deferred]
         self._deferred.clear()
-        for job in jobs:
-            why = "the worker shut down before the task finished; retry it"
-            self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies, GAVE_UP)
+        self._give_up_locked(jobs, "the worker shut down before the task finished; retry it", replies)
         return replies
 
     # --- events from the supervisor thread (SupervisedEvents) --------------------------------
@@ -218,9 +216,7 @@ class Scheduler(Dispatcher):
             "stopping instead of restarting them in a loop"
         )
         # Answered on the next tick: this may run where no reply list is at hand.
-        for job in [*self._pending, *(job for _, _, job in self._retries)]:
-            failure = TaskResponse.failure(job.request.task_id, str(self._broken), retry=True)
-            self._finish_locked(job, failure, self._deferred, GAVE_UP)
+        self._give_up_locked([*self._pending, *(job for _, _, job in self._retries)], str(self._broken), self._deferred)
         self._pending.clear()
         self._retries.clear()
 
@@ -231,9 +227,7 @@ class Scheduler(Dispatcher):
             self._dispatch_locked()
             return
         why = f"runner rejected the task: the process runner is {self.state.value}"
-        for request, reply in tasks:
-            refusal = TaskResponse.failure(request.task_id, why, retry=True)
-            self._finish_locked(Job(request, reply), refusal, replies, GAVE_UP)
+        self._give_up_locked([Job(request, reply) for request, reply in tasks], why, replies)
 
     def next_due_locked(self) -> float:
         due = self._retries[0][0] if self._retries else math.inf
@@ -374,8 +368,7 @@ class Scheduler(Dispatcher):
             self._finish_locked(job, response, replies, *where)
             return
         if self._broken is not None:
-            failure = TaskResponse.failure(job.request.task_id, str(self._broken), retry=True)
-            self._finish_locked(job, failure, replies, GAVE_UP)
+            self._give_up_locked([job], str(self._broken), replies)
             return
         self.observer.retried(job.request, job.attempt, *where, response.error)
         delay_s = self.policy.backoff_s(job.attempt)
@@ -408,6 +401,11 @@ class Scheduler(Dispatcher):
         if self.state is State.DRAINING:  # the only wait that an answer can end
             self.changed.notify_all()
 
+    def _give_up_locked(self, jobs: Iterable[Job], why: str, replies: Replies) -> None:
+        """Answer jobs that will not run here with ``why`` and ``retry: true``: the Go worker may run them again."""
+        for job in jobs:
+            self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies, GAVE_UP)
+
     def _refusal_locked(self, request: TaskRequest) -> TaskResponse | None:
         if self._broken is not None:
             return TaskResponse.failure(request.task_id, str(self._broken), retry=True)
@@ -420,8 +418,7 @@ class Scheduler(Dispatcher):
         """Jobs a lost child held but never started: first in the queue again, same attempt, no blame."""
         if self._broken is not None or self.state is State.CLOSED:
             why = str(self._broken) if self._broken is not None else "the worker shut down before the task ran"
-            for job in jobs:
-                self._finish_locked(job, TaskResponse.failure(job.request.task_id, why, retry=True), replies, GAVE_UP)
+            self._give_up_locked(jobs, why, replies)
             return
         for job in jobs:
             job.deadline = None
