@@ -321,7 +321,7 @@ class InlineThread:
 
 
 class Interrupt:
-    """A pipe that ends a reader's wait on stdin: readers poll :attr:`fd` beside stdin."""
+    """A pipe that ends a wait in poll: stdin's readers, and the process runner's loop, poll :attr:`fd` too."""
 
     def __init__(self) -> None:
         self.fd, self._write_fd = os.pipe()
@@ -334,9 +334,10 @@ class Interrupt:
             os.write(self._write_fd, b"!")
 
     def clear(self) -> None:
-        """Take back the wake-ups, once a reader has seen them."""
+        """Take back every wake-up, once a reader has seen them."""
         with contextlib.suppress(BlockingIOError, OSError):
-            os.read(self.fd, 4096)
+            while os.read(self.fd, 4096):
+                pass
 
     def close(self) -> None:
         """Only once no thread can wait on :attr:`fd` any more: a reused fd would be polled instead."""

@@ -13,10 +13,8 @@ thread handing each task on would cost more than the task's hop to a child.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 import selectors
 import signal
 import threading
@@ -26,7 +24,7 @@ from multiprocessing.context import BaseContext
 from typing import Any, Final, Protocol
 
 from runqy.errors import RunnerBroken
-from runqy.inline import HostedStdin
+from runqy.inline import HostedStdin, Interrupt
 from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._child import ChildSpec
 from runqy.runners._children import ChildProcess
@@ -105,10 +103,8 @@ class ChildSupervisor:
         # poll, not epoll: stdin may be a regular file, which epoll refuses.
         self._selector = selectors.PollSelector()
         self._watched: set[ChildProcess] = set()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._wakeup = Interrupt()
+        self._selector.register(self._wakeup.fd, selectors.EVENT_READ, None)
         #: Lent by the serving loop (see :meth:`host`); None when not reading stdin.
         self._stdin: HostedStdin | None = None
         self._stdin_polled: int | None = None
@@ -130,11 +126,8 @@ class ChildSupervisor:
 
     def wake(self) -> None:
         """Make the loop look again at once (called from other threads; the loop itself looks after each pass)."""
-        if threading.get_ident() == self._thread.ident:
-            return
-        # OSError: the pipe is full (a wake-up is pending anyway) or closed (the loop is over).
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
+        if threading.get_ident() != self._thread.ident:
+            self._wakeup.set()
 
     def join(self, timeout_s: float) -> None:
         """Wait for the loop to end (after ``closing``), then release the wake-up pipe."""
@@ -142,8 +135,7 @@ class ChildSupervisor:
         self._thread.join(timeout_s)
         if not self._thread.is_alive():
             self._selector.close()
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+            self._wakeup.close()
 
     def kill_all(self) -> None:
         """SIGKILL every child's process group: the last resort, at interpreter exit or after close."""
@@ -215,7 +207,7 @@ class ChildSupervisor:
         stdin_ready = False
         for key, _ in events:
             if key.data is None:
-                self._drain_wake()
+                self._wakeup.clear()
                 continue
             if key.data is _STDIN:
                 stdin_ready = True
@@ -246,7 +238,7 @@ class ChildSupervisor:
 
     def _read_stdin(self, stdin: HostedStdin) -> list[tuple[TaskRequest, Reply]]:
         """The tasks of one read of stdin; at its end (or when reading failed) stdin is read no more."""
-        tasks = stdin.read(self._wake_r)  # the wake-up pipe ends a wait, should stdin have nothing after all
+        tasks = stdin.read(self._wakeup.fd)  # the wake-up pipe ends a wait, should stdin have nothing after all
         if tasks is None:
             self._stdin = None
             return []
@@ -293,11 +285,6 @@ class ChildSupervisor:
                 due = min(due, child.kill_at)
         self.wake_at = due
         return max(0.0, due - now) if due < math.inf else _TICK_S
-
-    def _drain_wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._wake_r, 4096):
-                pass
 
     def _exited_locked(self, child: ChildProcess, replies: Replies) -> None:
         # Answers it sent before dying still count (poll: a forked grandchild may hold the pipe open).
