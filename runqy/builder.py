@@ -127,6 +127,11 @@ class RunqyBuilder:
         self._values["max_abandoned_threads"] = count
         return self
 
+    def spin_wait(self, microseconds: float) -> Self:
+        """Poll this long for the next request or answer before sleeping, while waits are that short (0: never)."""
+        self._values["spin_wait_us"] = microseconds
+        return self
+
     def shutdown_timeout(self, seconds: float) -> Self:
         """On SIGTERM or end of input, how long running tasks may take to finish."""
         self._values["shutdown_timeout_s"] = seconds

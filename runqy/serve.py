@@ -34,6 +34,7 @@ from runqy.inline import HostedStdin
 from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
+from runqy.spin import DEFAULT_SPIN_WAIT_US, SpinWait
 
 __all__ = ["DUPLICATE_REPLY", "InFlight", "Server", "StopReason"]
 
@@ -190,7 +191,13 @@ class Server:
     """Serves one runner over the protocol until stdin closes, a signal arrives, or the runner fails."""
 
     def __init__(
-        self, runner: Runner, channel: ProtocolChannel, *, shutdown_timeout_s: float, one_shot: bool = False
+        self,
+        runner: Runner,
+        channel: ProtocolChannel,
+        *,
+        shutdown_timeout_s: float,
+        one_shot: bool = False,
+        spin_wait_s: float = DEFAULT_SPIN_WAIT_US / 1e6,
     ) -> None:
         self.runner = runner
         self.channel = channel
@@ -216,6 +223,8 @@ class Server:
         self._accepting = threading.Lock()
         #: stdin and the inline thread's interrupt fd, polled together (built on first use).
         self._poll: tuple[int | None, select.poll] | None = None
+        #: How the thread reading stdin waits once no task is open (one thread waits at a time: _hosted_read).
+        self._stdin_wait = SpinWait(spin_wait_s)
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
         # the main thread, and Event.set() there deadlocks if the signal lands while that same
         # thread holds the Event's lock (between entering Event.wait and parking in it). The
@@ -434,7 +443,12 @@ class Server:
             if interrupt_fd is not None:
                 poller.register(interrupt_fd, select.POLLIN)
             self._poll = (interrupt_fd, poller)
-        ready = self._poll[1].poll()
+        poll = self._poll[1].poll
+        if len(self.inflight):
+            # Tasks run on other threads here: polling would take the GIL from them.
+            ready = poll()
+        else:
+            ready = self._stdin_wait.wait(lambda timeout_s: poll(None if timeout_s is None else timeout_s * 1000))
         return any(fd == self._stdin_fd for fd, _ in ready)
 
     def _accept(self, line: bytes) -> tuple[TaskRequest, Reply] | None:

@@ -109,7 +109,13 @@ class Worker:
             log.error("%s", exc, exc_info=isinstance(exc, LoadFailed))
             channel.send(error_status_line(str(exc)))
             _exit_now(channel, 1)
-        server = Server(runner, channel, shutdown_timeout_s=settings.shutdown_timeout_s, one_shot=one_shot)
+        server = Server(
+            runner,
+            channel,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            one_shot=one_shot,
+            spin_wait_s=settings.spin_wait_us / 1e6,
+        )
         self._server = server
         reporter = None
         if settings.stats_interval_s is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import behaviours
+import psutil
 from behaviours import LOAD_GREETING, LOADS_DIR_VAR
 from conftest import BEHAVIOURS_OF, RUNNERS, capacity_of
 from harness import wait_for_files
@@ -26,6 +27,8 @@ WITHIN_1S_BOUND_S = 3.0
 ANSWER_TIMEOUT_S = 10.0
 #: An idle worker exits this soon after SIGTERM, on every runner, however busy the machine.
 IDLE_SHUTDOWN_S = 1.0
+#: How long an idle worker's CPU use is measured.
+IDLE_WINDOW_S = 1.0
 
 
 def test_bad_lines_and_failures_are_each_answered_once(spawn: Spawn) -> None:
@@ -69,6 +72,26 @@ def test_a_stream_beyond_what_the_worker_holds_is_answered_once_each(spawn: Spaw
     assert worker.shutdown() == 0
     assert sorted(o.response["task_id"] for o in outcomes if o.response) == sorted(r["task_id"] for r in requests)
     assert worker.unmatched_responses == [] and worker.garbage_lines == []
+
+
+def test_a_worker_left_idle_after_quick_tasks_one_at_a_time_uses_no_cpu(spawn: Spawn) -> None:
+    """Quick tasks one at a time make the threads that wait for requests and answers poll
+    before sleeping (``spin_wait_us``); once nothing comes, they must sleep, on every runner."""
+    worker = spawn()
+    requests = [make_request({"op": "echo", "n": n}, task_id=f"t{n}") for n in range(300)]
+    outcomes = list(worker.run(requests, concurrency=1))
+    assert all(o.response == _ok(o.request) for o in outcomes)
+    tree = psutil.Process(worker.process.pid)
+    before = _cpu_s(tree)
+    time.sleep(IDLE_WINDOW_S)  # the span measured, not a synchronisation
+    used_s = _cpu_s(tree) - before
+    assert used_s < 0.1 * IDLE_WINDOW_S, f"an idle worker used {used_s:.3f} s of CPU in {IDLE_WINDOW_S} s"
+    assert worker.shutdown() == 0
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """CPU seconds used so far by ``process`` and its children (the process runner's)."""
+    return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(recursive=True)])
 
 
 def test_requests_from_a_file_are_answered_and_its_end_ends_the_worker(runner_name: str, tmp_path: Path) -> None:

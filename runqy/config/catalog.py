@@ -48,6 +48,7 @@ RUNNER_SPECIFIC_FIELDS = (
     "max_tasks_per_child",
     "max_memory_per_child_mb",
     "max_abandoned_threads",
+    "spin_wait_us",
     "runner.max_threads",
     "runner.num_processes",
     "runner.threads_per_process",
@@ -64,26 +65,26 @@ BUILTIN_RUNNERS: dict[str, RunnerSpec] = {
             "sequential",
             "runqy.runners.sequential:SequentialRunner",
             Capabilities(hard_timeout=False, shares_load_context=True, cpu_parallel=False),
-            frozenset({"max_abandoned_threads"}),
+            frozenset({"max_abandoned_threads", "spin_wait_us"}),
         ),
         RunnerSpec(
             "thread",
             "runqy.runners.thread:ThreadRunner",
             Capabilities(hard_timeout=False, shares_load_context=True, cpu_parallel=False),
-            frozenset({"max_abandoned_threads", "runner.max_threads"}),
+            frozenset({"max_abandoned_threads", "runner.max_threads", "spin_wait_us"}),
         ),
         RunnerSpec(
             "process",
             "runqy.runners.process:PersistentProcessRunner",
             Capabilities(hard_timeout=True, shares_load_context=False, cpu_parallel=True),
-            _CHILDREN | {"require_hard_timeout"},
+            _CHILDREN | {"require_hard_timeout", "spin_wait_us"},
         ),
         RunnerSpec(
             "hybrid",
             "runqy.runners.hybrid:HybridRunner",
             # Its threads run in-process inside each child: a timed-out one is abandoned, not killed.
             Capabilities(hard_timeout=False, shares_load_context=False, cpu_parallel=True),
-            _CHILDREN | {"runner.threads_per_process", "max_abandoned_threads"},
+            _CHILDREN | {"runner.threads_per_process", "max_abandoned_threads", "spin_wait_us"},
         ),
         RunnerSpec(
             "async",

@@ -46,6 +46,7 @@ _HINTS = {
     ("runner.threads_per_process", "thread"): 'size the pool with runner.max_threads, or use runner_cls = "hybrid"',
     ("runner.max_threads", "hybrid"): "size each child's thread pool with runner.threads_per_process",
     ("max_abandoned_threads", "process"): "remove it: the process runner kills a timed-out task, no thread is left",
+    ("spin_wait_us", "async"): "remove it: the async runner never polls, which would take the GIL from its event loop",
 }
 
 

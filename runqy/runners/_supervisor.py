@@ -29,6 +29,7 @@ from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._child import ChildSpec
 from runqy.runners._children import ChildProcess
 from runqy.runners.base import Reply
+from runqy.spin import SpinWait
 
 __all__ = ["ChildSupervisor", "Replies", "SupervisedEvents"]
 
@@ -87,6 +88,7 @@ class ChildSupervisor:
         lock: threading.Lock,
         events: SupervisedEvents,
         report_fatal: Callable[[BaseException], None],
+        spin_wait_s: float = 0.0,
     ) -> None:
         self._ctx = ctx
         self._report_fatal = report_fatal
@@ -102,6 +104,8 @@ class ChildSupervisor:
         self._next_liveness_check = time.monotonic() + _TICK_S
         # poll, not epoll: stdin may be a regular file, which epoll refuses.
         self._selector = selectors.PollSelector()
+        # The answer of a quick task, or the Go worker's next request, is often a few tens of µs away.
+        self._wait = SpinWait(spin_wait_s)
         self._watched: set[ChildProcess] = set()
         self._wakeup = Interrupt()
         self._selector.register(self._wakeup.fd, selectors.EVENT_READ, None)
@@ -163,7 +167,7 @@ class ChildSupervisor:
                 self._watch_new_locked()
                 timeout_s = self._next_due_locked()
             stdin = self._poll_stdin()
-            events = self._selector.select(timeout_s)
+            events = self._wait.wait(self._selector.select, timeout_s)
             arrived, exited, stdin_ready = self._read(events)
             tasks = self._read_stdin(stdin) if stdin is not None and stdin_ready else []
             replies: Replies = []

@@ -53,6 +53,7 @@ from runqy.runners._children import KILL_GRACE_S, ChildState, tree_rss_bytes, wa
 from runqy.runners._scheduler import Limits, Scheduler
 from runqy.runners._supervisor import ChildSupervisor
 from runqy.runners.base import Capabilities, Reply, Runner
+from runqy.spin import DEFAULT_SPIN_WAIT_US
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -93,6 +94,7 @@ class PersistentProcessRunner(Runner):
         max_memory_per_child_mb: int | None = None,
         crash_limit: int = 5,
         crash_window_s: float = 10.0,
+        spin_wait_us: float = DEFAULT_SPIN_WAIT_US,
     ) -> None:
         super().__init__()
         self.policy = policy or RetryPolicy()
@@ -104,6 +106,8 @@ class PersistentProcessRunner(Runner):
         #: in between, break the runner.
         self.crash_limit = crash_limit
         self.crash_window_s = crash_window_s
+        #: How long the parent polls for the next answer or request before sleeping (see runqy.spin).
+        self.spin_wait_us = spin_wait_us
         # An explicit context: the start method of the user's own multiprocessing stays untouched.
         self._ctx = multiprocessing.get_context(start_method)
         self._scheduler: Scheduler | None = None
@@ -123,6 +127,7 @@ class PersistentProcessRunner(Runner):
             "start_method": settings.runner.start_method,
             "max_tasks_per_child": settings.max_tasks_per_child,
             "max_memory_per_child_mb": settings.max_memory_per_child_mb,
+            "spin_wait_us": settings.spin_wait_us,
         }
 
     # --- the seam the hybrid runner overrides -----------------------------------------------
@@ -163,7 +168,9 @@ class PersistentProcessRunner(Runner):
             self._ctx.set_forkserver_preload(preload)
         self._batch = registry.batch_spec()
         scheduler = self._scheduler = Scheduler(self._limits(), self.telemetry)
-        self._supervisor = ChildSupervisor(self._ctx, spec, scheduler.lock, scheduler, lambda exc: self.on_fatal(exc))
+        self._supervisor = ChildSupervisor(
+            self._ctx, spec, scheduler.lock, scheduler, lambda exc: self.on_fatal(exc), self.spin_wait_us / 1e6
+        )
         scheduler.attach(self._supervisor)
         self._supervisor.start()
         atexit.register(self._supervisor.kill_all)
