@@ -1,6 +1,7 @@
 """No-op tasks through the real Go worker's code (go-driver) and through `runqy local`: every runner vs 0.2.2.
 
     .venv/bin/python benchmarks/bench_go.py [--go-driver PATH] [--tasks 20000] [--rounds 5] [--in-flight 1,8]
+        [--set RUNQY_NAME=VALUE ...]
 
 go-driver runs runqy-worker's own ``ProcessSupervisor`` and ``StdioHandler``: it starts
 the worker as a deployment does, waits for the ready line, and keeps ``-c`` requests
@@ -25,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from suite import BARE, BASELINE, BASELINE_DIR, install_baseline
@@ -168,6 +169,9 @@ def main() -> None:
     parser.add_argument("--in-flight", default="1,8", help="comma-separated requests in flight (default 1,8)")
     parser.add_argument("--skip-local", action="store_true", help="only the Go driver")
     parser.add_argument(
+        "--set", action="append", default=[], metavar="RUNQY_NAME=VALUE", help="a setting of every runqy worker"
+    )
+    parser.add_argument(
         "--only", help="comma-separated labels of the contenders to run (default: all; bare and 0.2.2 always run)"
     )
     args = parser.parse_args()
@@ -178,6 +182,8 @@ def main() -> None:
     if args.only:
         wanted = {BARE, BASELINE, *args.only.split(",")}
         CONTENDERS[:] = [c for c in CONTENDERS if c.label in wanted]
+    settings = dict(item.split("=", 1) for item in args.set)
+    CONTENDERS[:] = [replace(c, env={**c.env, **settings}) if c.script == "runqy" else c for c in CONTENDERS]
     loads = [int(n) for n in args.in_flight.split(",")]
     drivers = [("go-driver (runqy-worker's StdioHandler)", True)] + (
         [] if args.skip_local else [("runqy local", False)]
@@ -208,7 +214,8 @@ def main() -> None:
             figures = {n: {label: median_run(r) for label, r in by.items()} for n, by in runs.items()}
             print(
                 table(
-                    f"{title}: {args.tasks} no-op tasks, median of {args.rounds} alternating rounds",
+                    f"{title}: {args.tasks} no-op tasks, median of {args.rounds} alternating rounds"
+                    + "".join(f", {item}" for item in args.set),
                     figures,
                     with_startup=through_go,
                 )

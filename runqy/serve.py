@@ -34,7 +34,7 @@ from runqy.inline import HostedStdin
 from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
-from runqy.spin import DEFAULT_SPIN_WAIT_US, SpinWait
+from runqy.spin import SpinWait
 
 __all__ = ["DUPLICATE_REPLY", "InFlight", "Server", "StopReason"]
 
@@ -197,7 +197,7 @@ class Server:
         *,
         shutdown_timeout_s: float,
         one_shot: bool = False,
-        spin_wait_s: float = DEFAULT_SPIN_WAIT_US / 1e6,
+        spin_wait_s: float = 0.0,
     ) -> None:
         self.runner = runner
         self.channel = channel

@@ -1,16 +1,20 @@
 """Spin-then-sleep waits: poll for a short while before sleeping, when recent waits were that short.
 
 A thread that sleeps in ``poll()`` costs the thread that wakes it a wake-up inside its
-``write`` (about 17 µs on a virtual machine, where waking a sleeping CPU is a trap to
-the host), and costs itself the scheduler's latency before it runs again. When the next
+``write`` (about 17 µs on a virtual machine, where waking an idle CPU is a trap to the
+host), and costs itself the scheduler's latency before it runs again. When the next
 request or answer is only tens of microseconds away, as it is between the Go worker and
-a worker answering quick tasks, a thread that keeps polling without a timeout for that
-long sees it at once and spares both: through the Go worker's own code, the process
-runner's hop went from about 210 to about 145 µs at one task in flight.
+a worker answering quick tasks, a thread that keeps polling for that long sees it at
+once and spares both: through the Go worker's own code, at one task in flight, the
+process runner's p50 went from about 215 to about 150 µs.
 
 Polling burns the CPU it waits on, so it is adaptive: a :class:`SpinWait` polls only
 while its recent waits were shorter than its window, and an idle worker, or one whose
-tasks arrive further apart than the window, sleeps at once as before.
+tasks arrive further apart than the window, sleeps at once as before. It is still off
+by default (``spin_wait_us = 0``): it pays only where a core would otherwise be idle.
+With one busy process beside the worker, the same polling cost the sequential runner
+about 30% of its throughput at 8 in flight, and the Go worker's own threads the CPU
+they needed (docs/runners.md).
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ import time
 from collections.abc import Callable, Sized
 from typing import Final, TypeVar
 
-__all__ = ["DEFAULT_SPIN_WAIT_US", "SpinWait"]
-
-#: About two round trips between the Go worker and a worker answering a no-op.
-DEFAULT_SPIN_WAIT_US: Final = 200.0
+__all__ = ["SpinWait"]
 
 #: Weight of the latest wait in the running estimate: a few short waits in a row start spinning.
 _LATEST_WEIGHT: Final = 0.25

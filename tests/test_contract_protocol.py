@@ -75,9 +75,9 @@ def test_a_stream_beyond_what_the_worker_holds_is_answered_once_each(spawn: Spaw
 
 
 def test_a_worker_left_idle_after_quick_tasks_one_at_a_time_uses_no_cpu(spawn: Spawn) -> None:
-    """Quick tasks one at a time make the threads that wait for requests and answers poll
-    before sleeping (``spin_wait_us``); once nothing comes, they must sleep, on every runner."""
-    worker = spawn()
+    """With ``spin_wait_us``, quick tasks one at a time make the threads that wait for requests
+    and answers poll before sleeping; once nothing comes, they must sleep, on every runner."""
+    worker = spawn(RUNQY_SPIN_WAIT_US="200")
     requests = [make_request({"op": "echo", "n": n}, task_id=f"t{n}") for n in range(300)]
     outcomes = list(worker.run(requests, concurrency=1))
     assert all(o.response == _ok(o.request) for o in outcomes)

@@ -27,7 +27,6 @@ from runqy.config.as_given import validate_fields
 from runqy.config.catalog import BUILTIN_RUNNERS, import_runner
 from runqy.config.checks import check_settings
 from runqy.errors import ConfigError
-from runqy.spin import DEFAULT_SPIN_WAIT_US
 
 if TYPE_CHECKING:
     from runqy.runners.base import Runner
@@ -140,8 +139,8 @@ class RunqySettings:
     """Serve Prometheus metrics on ``/metrics`` at this port (0: any free one; needs ``runqy[metrics]``)."""
     metrics_address: str = "0.0.0.0"
     """The address the metrics endpoint listens on."""
-    spin_wait_us: float = bounded(DEFAULT_SPIN_WAIT_US, ge=0)
-    """Poll this long for the next request or answer before sleeping, while waits are that short (0: never poll)."""
+    spin_wait_us: float = bounded(0.0, ge=0)
+    """Poll this long for the next request or answer before sleeping, while waits are that short; for idle cores."""
     runner: RunnerOptions = field(default_factory=RunnerOptions)
     """Options of the runner itself: the ``[tool.runqy.runner]`` table."""
 

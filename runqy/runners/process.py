@@ -53,7 +53,6 @@ from runqy.runners._children import KILL_GRACE_S, ChildState, tree_rss_bytes, wa
 from runqy.runners._scheduler import Limits, Scheduler
 from runqy.runners._supervisor import ChildSupervisor
 from runqy.runners.base import Capabilities, Reply, Runner
-from runqy.spin import DEFAULT_SPIN_WAIT_US
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -94,7 +93,7 @@ class PersistentProcessRunner(Runner):
         max_memory_per_child_mb: int | None = None,
         crash_limit: int = 5,
         crash_window_s: float = 10.0,
-        spin_wait_us: float = DEFAULT_SPIN_WAIT_US,
+        spin_wait_us: float = 0.0,
     ) -> None:
         super().__init__()
         self.policy = policy or RetryPolicy()
