@@ -53,6 +53,8 @@ _BURST_OPEN: Final = 32
 #: After a signal, once the last task is answered: how long the readers may go on refusing
 #: requests that stdin already holds, so that none sent before the signal is left unread.
 _LAST_READS_S: Final = 0.1
+#: After giving up on the open tasks: how long answers already claimed may take to be sent.
+_LAST_ANSWERS_S: Final = 1.0
 #: In the error logged when a runner answers a task twice: the fault tests look for it on stderr.
 DUPLICATE_REPLY: Final = "was answered twice by the runner"
 
@@ -96,6 +98,10 @@ class InFlight:
         self._observer = observer or TaskObserver()
         # Keys answered by give_up(): a reply arriving for one later is late, not a duplicate.
         self._given_up: set[int] = set()
+        #: Keys from just before their claim until their line is sent (written, or queued
+        #: for the writer): a task popped from _open is not yet answered on stdout. A list,
+        #: whose append and remove are atomic, counts a key answered twice at once twice.
+        self._answering: list[int] = []
 
     def admit(self, request: TaskRequest) -> Reply | None:
         """Accept a request and return its reply; None once shutdown began."""
@@ -133,15 +139,20 @@ class InFlight:
     def answer(self, key: int, response: TaskResponse) -> None:
         """Send the response for an accepted task, unless it was already answered (then drop and count it)."""
         line = encode_response(response)
-        if self._open.pop(key, None) is None:
-            self._drop(key, response)
-            return
-        still_open = len(self._open)
-        if still_open > _BURST_OPEN or (still_open and not self.answer_in_place):
-            self._channel.send(line)  # the writer thread coalesces a burst's answers while this one runs on
-        else:
-            self._channel.send_alone(line)  # the only task in flight, or few and in place: written here
-        # Popped before reading _waiters, as a waiter counts itself before it checks:
+        # Added before the claim, so that wait_idle() never sees the task in neither place.
+        self._answering.append(key)
+        try:
+            if self._open.pop(key, None) is None:
+                self._drop(key, response)
+                return
+            still_open = len(self._open)
+            if still_open > _BURST_OPEN or (still_open and not self.answer_in_place):
+                self._channel.send(line)  # the writer thread coalesces a burst's answers while this one runs on
+            else:
+                self._channel.send_alone(line)  # the only task in flight, or few and in place: written here
+        finally:
+            self._answering.remove(key)
+        # Sent before reading _waiters, as a waiter counts itself before it checks:
         # either the waiter sees this answer, or this answer sees the waiter.
         if self._waiters and len(self._open) <= self._resume_at:
             with self._changed:
@@ -170,11 +181,15 @@ class InFlight:
             self._changed.notify_all()
 
     def wait_idle(self, timeout_s: float | None) -> bool:
-        """Wait until every admitted task is answered; False on timeout."""
+        """Wait until every admitted task is answered and its line sent; False on timeout.
+
+        Sent: written, or queued for the writer thread, so that a :meth:`ProtocolChannel.flush`
+        after it writes every answer.
+        """
         with self._changed:
             self._waiters += 1
             try:
-                return self._changed.wait_for(lambda: not self._open, timeout_s)
+                return self._changed.wait_for(lambda: not self._open and not self._answering, timeout_s)
             finally:
                 self._waiters -= 1
 
@@ -529,6 +544,8 @@ class Server:
             )
             count = self.inflight.give_up(why)
             log.warning("gave up on %d unfinished task(s): %s", count, why)
+            # Answers claimed by their threads just before the give-up may still be on their way.
+            self.inflight.wait_idle(_LAST_ANSWERS_S)
         if reason is StopReason.SIGNAL:
             self._refuse_what_stdin_holds()
         self.channel.flush()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
 
 import pytest
+from harness import wait_until
 
 from runqy.observe.report import collect_stats
 from runqy.observe.telemetry import Telemetry
@@ -108,3 +110,39 @@ def test_shutdown_releases_a_waiting_reader_and_refuses_new_tasks(channel: tuple
     reader.join(10)
     assert not reader.is_alive()
     assert inflight.admit(TaskRequest("late")) is None
+
+
+def test_shutdown_waits_for_an_answer_claimed_but_not_yet_written() -> None:
+    """Between the claim of a task and its line on stdout, the task is not answered yet.
+
+    The answer's in-place write blocks on a full pipe (the Go worker reading slowly):
+    ``wait_idle`` must not report the worker idle meanwhile, or shutdown would flush,
+    exit, and lose the line.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    filler = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            filler += os.write(write_fd, b"x" * 4096)
+    os.set_blocking(write_fd, True)
+    pipe = ProtocolChannel(write_fd)
+    inflight = InFlight(pipe, limit=10)
+    inflight.answer_in_place = True
+    reply = inflight.admit(TaskRequest("t1"))
+    assert reply is not None
+    answering = threading.Thread(target=reply, args=(TaskResponse("t1", "ok"),))
+    answering.start()
+    try:
+        wait_until(lambda: len(inflight) == 0, "the task claimed by its answer")
+        assert not inflight.wait_idle(0.2)  # its line is stuck in the write
+    finally:
+        data = b""
+        while b'"t1"' not in data:
+            data += os.read(read_fd, 1 << 16)
+        answering.join()
+    assert inflight.wait_idle(5.0)
+    assert len(data) > filler
+    pipe.close(5)
+    os.close(read_fd)
+    os.close(write_fd)
