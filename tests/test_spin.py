@@ -30,6 +30,17 @@ def poll_of(fd: int) -> Callable[[float | None], list[tuple[int, int]]]:
     return lambda timeout_s: poller.poll(None if timeout_s is None else timeout_s * 1000)
 
 
+def spinning_wait(window_s: float, read_fd: int, write_fd: int) -> SpinWait:
+    """A SpinWait made to spin by waits that found data at once; the pipe is left empty."""
+    os.write(write_fd, b"x")
+    wait = SpinWait(window_s)
+    for _ in range(4):
+        wait.wait(poll_of(read_fd))
+    os.read(read_fd, 1)
+    assert wait.spinning
+    return wait
+
+
 def test_waits_that_find_something_at_once_start_the_spinning(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
     os.write(write_fd, b"x")
@@ -42,11 +53,7 @@ def test_waits_that_find_something_at_once_start_the_spinning(pipe: tuple[int, i
 
 def test_waits_longer_than_the_window_stop_the_spinning(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
-    os.write(write_fd, b"x")
-    wait = SpinWait(WINDOW_S)
-    for _ in range(4):
-        wait.wait(poll_of(read_fd))
-    os.read(read_fd, 1)
+    wait = spinning_wait(WINDOW_S, read_fd, write_fd)
     for _ in range(4):  # nothing comes: each wait lasts its whole timeout, four windows
         assert wait.wait(poll_of(read_fd), timeout_s=4 * WINDOW_S) == []
     assert not wait.spinning
@@ -54,12 +61,7 @@ def test_waits_longer_than_the_window_stop_the_spinning(pipe: tuple[int, int]) -
 
 def test_a_spinning_wait_returns_what_another_thread_writes(pipe: tuple[int, int]) -> None:
     read_fd, write_fd = pipe
-    os.write(write_fd, b"x")
-    wait = SpinWait(WINDOW_S)
-    for _ in range(4):
-        wait.wait(poll_of(read_fd))
-    os.read(read_fd, 1)
-    assert wait.spinning
+    wait = spinning_wait(WINDOW_S, read_fd, write_fd)
     writer = threading.Thread(target=os.write, args=(write_fd, b"y"))
     writer.start()
     assert wait.wait(poll_of(read_fd)) == [(read_fd, select.POLLIN)]  # no timeout: only the write ends it
@@ -69,12 +71,7 @@ def test_a_spinning_wait_returns_what_another_thread_writes(pipe: tuple[int, int
 def test_a_timeout_shorter_than_the_window_ends_the_wait_in_time(pipe: tuple[int, int]) -> None:
     """The process runner's loop waits until its next deadline: polling must not overrun it."""
     read_fd, write_fd = pipe
-    os.write(write_fd, b"x")
-    wait = SpinWait(30.0)
-    for _ in range(4):
-        wait.wait(poll_of(read_fd))
-    os.read(read_fd, 1)
-    assert wait.spinning
+    wait = spinning_wait(30.0, read_fd, write_fd)
     started = time.monotonic()
     assert wait.wait(poll_of(read_fd), timeout_s=0.05) == []
     assert time.monotonic() - started < 10.0  # the window is 30 s
