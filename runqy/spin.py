@@ -6,15 +6,15 @@ host), and costs itself the scheduler's latency before it runs again. When the n
 request or answer is only tens of microseconds away, as it is between the Go worker and
 a worker answering quick tasks, a thread that keeps polling for that long sees it at
 once and spares both: through the Go worker's own code, at one task in flight, the
-process runner's p50 went from about 215 to about 150 µs.
+process runner's p50 went from about 225 to about 150 µs.
 
 Polling burns the CPU it waits on, so it is adaptive: a :class:`SpinWait` polls only
 while its recent waits were shorter than its window, and an idle worker, or one whose
 tasks arrive further apart than the window, sleeps at once as before. It is still off
 by default (``spin_wait_us = 0``): it pays only where a core would otherwise be idle.
 With one busy process beside the worker, the same polling cost the sequential runner
-about 30% of its throughput at 8 in flight, and the Go worker's own threads the CPU
-they needed (docs/runners.md).
+a third of its throughput, taking the CPU the Go worker's own threads needed
+(docs/runners.md).
 """
 
 from __future__ import annotations
