@@ -34,7 +34,7 @@ from runqy.inline import HostedStdin
 from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
 from runqy.runners.base import Reply, Runner
-from runqy.spin import SpinWait
+from runqy.spin import SpinWait, in_seconds
 
 __all__ = ["DUPLICATE_REPLY", "InFlight", "Server", "StopReason"]
 
@@ -236,8 +236,9 @@ class Server:
         #: so that each is accepted once (see _close_admission).
         self._unaccepted: collections.deque[bytes] = collections.deque()
         self._accepting = threading.Lock()
-        #: stdin and the inline thread's interrupt fd, polled together (built on first use).
-        self._poll: tuple[int | None, select.poll] | None = None
+        #: stdin and the inline thread's interrupt fd, polled together (built on first use),
+        #: with the interrupt fd it was built for.
+        self._poll: tuple[int | None, Callable[[float | None], list[tuple[int, int]]]] | None = None
         #: How the thread reading stdin waits once no task is open (one thread waits at a time: _hosted_read).
         self._stdin_wait = SpinWait(spin_wait_s)
         # The main thread sleeps on a pipe, not on a threading.Event: the signal handler runs in
@@ -457,13 +458,10 @@ class Server:
             poller.register(self._stdin_fd, select.POLLIN)
             if interrupt_fd is not None:
                 poller.register(interrupt_fd, select.POLLIN)
-            self._poll = (interrupt_fd, poller)
-        poll = self._poll[1].poll
-        if len(self.inflight):
-            # Tasks run on other threads here: polling would take the GIL from them.
-            ready = poll()
-        else:
-            ready = self._stdin_wait.wait(lambda timeout_s: poll(None if timeout_s is None else timeout_s * 1000))
+            self._poll = (interrupt_fd, in_seconds(poller))
+        poll = self._poll[1]
+        # With tasks open, they run on other threads: polling would take the GIL from them.
+        ready = poll(None) if len(self.inflight) else self._stdin_wait.wait(poll)
         return any(fd == self._stdin_fd for fd, _ in ready)
 
     def _accept(self, line: bytes) -> tuple[TaskRequest, Reply] | None:

@@ -19,11 +19,12 @@ a third of its throughput, taking the CPU the Go worker's own threads needed
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable, Sized
 from typing import Final, TypeVar
 
-__all__ = ["SpinWait"]
+__all__ = ["SpinWait", "in_seconds"]
 
 #: Weight of the latest wait in the running estimate: a few short waits in a row start spinning.
 _LATEST_WEIGHT: Final = 0.25
@@ -69,3 +70,8 @@ class SpinWait:
 
     def _waited(self, waited_s: float) -> None:
         self._typical_s += (min(waited_s, 2 * self.window_s) - self._typical_s) * _LATEST_WEIGHT
+
+
+def in_seconds(poller: select.poll) -> Callable[[float | None], list[tuple[int, int]]]:
+    """``poller.poll`` taking its timeout in seconds, as :meth:`SpinWait.wait` passes it (``poll`` takes ms)."""
+    return lambda timeout_s: poller.poll(None if timeout_s is None else timeout_s * 1000)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from runqy.spin import SpinWait
+from runqy.spin import SpinWait, in_seconds
 
 #: Far longer than a poll of a pipe that holds data takes, even on a loaded machine.
 WINDOW_S = 0.05
@@ -27,7 +27,7 @@ def pipe() -> Iterator[tuple[int, int]]:
 def poll_of(fd: int) -> Callable[[float | None], list[tuple[int, int]]]:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return lambda timeout_s: poller.poll(None if timeout_s is None else timeout_s * 1000)
+    return in_seconds(poller)
 
 
 def spinning_wait(window_s: float, read_fd: int, write_fd: int) -> SpinWait:
