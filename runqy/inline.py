@@ -33,6 +33,7 @@ from typing import Final, Protocol, TypeVar
 from runqy.errors import RunnerClosed
 from runqy.protocol import TaskRequest
 from runqy.runners.base import Reply
+from runqy.shared_stdout import SharedStdout
 
 __all__ = [
     "GUARD_IDLE_AFTER_S",
@@ -76,6 +77,9 @@ class HostedStdin:
     #: The answers the calling thread makes inside go out in one write at the end: for a
     #: host that answers several tasks at once.
     answers_together: Callable[[], AbstractContextManager[object]]
+    #: Where the answers of the tasks read here go, when child processes may write them there
+    #: themselves (see :mod:`runqy.shared_stdout`); None: only this process writes them.
+    shared_stdout: SharedStdout | None = None
 
 
 class StdinHost(Protocol):

@@ -23,12 +23,14 @@ from functools import partial
 from typing import Any, Final, NamedTuple
 
 from runqy.errors import ProtocolError
+from runqy.shared_stdout import SharedStdout, share
 
 __all__ = [
     "MAX_LINE_BYTES",
     "ProtocolChannel",
     "TaskRequest",
     "TaskResponse",
+    "WRITTEN_ELSEWHERE",
     "encode_response",
     "error_status_line",
     "parse_request",
@@ -104,6 +106,17 @@ class TaskResponse(NamedTuple):
     def failure(cls, task_id: str, error: str, *, retry: bool = False) -> TaskResponse:
         """An error response; an empty message would read as success, so it never is empty."""
         return cls(task_id, None, error or "task failed without a message", retry)
+
+
+class _WrittenElsewhere:
+    def __repr__(self) -> str:
+        return "WRITTEN_ELSEWHERE"
+
+
+#: The ``result`` of a response whose line another process already wrote to the protocol
+#: stream (see :mod:`runqy.shared_stdout`): the serving loop counts the task as answered and
+#: writes nothing. Only tasks read from the serving loop's own stdin are answered so.
+WRITTEN_ELSEWHERE: Final[Any] = _WrittenElsewhere()
 
 
 # The optional request fields: (name, Python type, what to say when it is wrong).
@@ -282,8 +295,10 @@ class ProtocolChannel:
 
     _CLOSE: Final = object()
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, shared: SharedStdout | None = None) -> None:
         self._fd = fd
+        #: Set when child processes may write answers to this stream too (see :mod:`runqy.shared_stdout`).
+        self.shared = shared
         self._lines: queue.SimpleQueue[Any] = queue.SimpleQueue()
         #: Queues one complete line for writing and returns at once. The queue's own
         #: ``put``, so that sending a response makes no Python call (hot path).
@@ -308,7 +323,7 @@ class ProtocolChannel:
         # print() now lands on stderr; line buffering keeps it readable next to our logs.
         if hasattr(sys.stdout, "reconfigure"):
             sys.stdout.reconfigure(line_buffering=True)
-        return cls(protocol_fd)
+        return cls(protocol_fd, share(protocol_fd))
 
     def send_alone(self, line: bytes) -> None:
         """Send a line that is the only one going out: written at once from the calling thread.
@@ -397,10 +412,13 @@ class ProtocolChannel:
     def _write(self, data: bytes) -> None:
         if self._broken:
             return
-        view = memoryview(data)
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            if self.shared is not None:
+                self.shared.write_all(data)
+            else:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view) :]
         except OSError as exc:
             # The Go worker closed our stdout: it is gone, and so are the readers of anything we write.
             self._broken = True

@@ -32,7 +32,15 @@ from typing import Final
 from runqy.errors import ProtocolError
 from runqy.inline import HostedStdin
 from runqy.observe.telemetry import TaskObserver
-from runqy.protocol import READY_LINE, ProtocolChannel, TaskRequest, TaskResponse, encode_response, parse_request
+from runqy.protocol import (
+    READY_LINE,
+    WRITTEN_ELSEWHERE,
+    ProtocolChannel,
+    TaskRequest,
+    TaskResponse,
+    encode_response,
+    parse_request,
+)
 from runqy.runners.base import Reply, Runner
 from runqy.spin import SpinWait, in_seconds
 
@@ -137,7 +145,14 @@ class InFlight:
             self._waiters -= 1
 
     def answer(self, key: int, response: TaskResponse) -> None:
-        """Send the response for an accepted task, unless it was already answered (then drop and count it)."""
+        """Send the response for an accepted task, unless it was already answered (then drop and count it).
+
+        A response whose result is :data:`~runqy.protocol.WRITTEN_ELSEWHERE` was written by a
+        child process: it only ends the task.
+        """
+        if response.result is WRITTEN_ELSEWHERE:
+            self._written_elsewhere(key, response)
+            return
         line = encode_response(response)
         # Added before the claim, so that wait_idle() never sees the task in neither place.
         self._answering.append(key)
@@ -155,6 +170,13 @@ class InFlight:
         # Sent before reading _waiters, as a waiter counts itself before it checks:
         # either the waiter sees this answer, or this answer sees the waiter.
         if self._waiters and len(self._open) <= self._resume_at:
+            with self._changed:
+                self._changed.notify_all()
+
+    def _written_elsewhere(self, key: int, response: TaskResponse) -> None:
+        if self._open.pop(key, None) is None:
+            self._drop(key, response)
+        elif self._waiters and len(self._open) <= self._resume_at:
             with self._changed:
                 self._changed.notify_all()
 
@@ -266,6 +288,9 @@ class Server:
             host = None if self.one_shot else self.runner.stdin_host()
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
+            # Written before any request is read: a child process of the runner may write an answer
+            # itself as soon as it has a task, and no answer may precede the ready line.
+            self.channel.flush()
             if host is None:
                 self.inflight.answer_in_place = self.runner.answers_in_place
                 self._start_reader()
@@ -275,7 +300,9 @@ class Server:
                 self.inflight.answer_in_place = True
                 restore_blocking = _stdin_nonblocking(stdin_fd)
                 read = partial(self._read_chunk_or_fail, in_turn=host.runs_what_it_reads)
-                host.host(HostedStdin(read, stdin_fd, self.inflight.has_room, self.channel.together))
+                host.host(
+                    HostedStdin(read, stdin_fd, self.inflight.has_room, self.channel.together, self.channel.shared)
+                )
             while self._reason is None:
                 os.read(self._wake_r, 64)
             return self._shut_down()
@@ -535,6 +562,8 @@ class Server:
             # stdin closed (one-shot, or the worker went away): the tasks we hold are bounded by their own timeouts.
             drained = self.inflight.wait_idle(None)
         if not drained:
+            # Children that write answers to stdout themselves stop first: none may answer a task given up on.
+            self.runner.reclaim_stdout()
             why = (
                 "worker process is restarting after a runner failure"
                 if reason is StopReason.FATAL

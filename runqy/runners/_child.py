@@ -42,8 +42,9 @@ from runqy.batching import BatchSpec
 from runqy.errors import HandlerNotRegistered, LoadFailed
 from runqy.observe.logs import LogFormat, configure_logging
 from runqy.observe.telemetry import FAILED
-from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse
+from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse, encode_response
 from runqy.runners._wire import FrameReader, encode, write_frame
+from runqy.shared_stdout import ATOMIC_BYTES, ChildStdout
 
 __all__ = ["CHILD_ENV_VAR", "ChildSpec", "HandlerRef", "child_main"]
 
@@ -54,7 +55,9 @@ log = logging.getLogger("runqy")
 CHILD_ENV_VAR: Final = "RUNQY_CHILD_PROCESS"
 
 # Parent -> child.
-TASKS: Final = 0  # (TASKS, [(seq, attempt, request fields), ...]): tasks, each a call of its own
+#: (TASKS, [(seq, attempt, request fields, write), ...]): tasks, each a call of its own; with
+#: ``write``, a success is written to the protocol stream by the child itself (see runqy.shared_stdout).
+TASKS: Final = 0
 STOP: Final = 1  # (STOP,): exit once idle
 BATCH: Final = 2  # (BATCH, [(seq, attempt, request fields), ...]): one call of a batch handler
 # Child -> parent.
@@ -64,11 +67,17 @@ LOAD_FAILED: Final = 1  # (LOAD_FAILED, message)
 #: the outcome and duration travel with the answer, so that the parent counts every task.
 DONE: Final = 2
 RETIRE: Final = 3  # (RETIRE, reason): recycle me once my tasks are done
+#: (WROTE, seq, attempt, task_id, rss_bytes or 0, abandoned threads, outcome, duration_s, thread):
+#: a DONE whose response line the child wrote to the protocol stream itself.
+WROTE: Final = 4
 
 #: An encoded result this big cannot become a response line under MAX_LINE_BYTES (JSON of
 #: any value is at least a third of its marshal or pickle), so it is refused here instead
 #: of being copied through the pipe and into the parent's memory first.
 _MAX_RESULT_FRAME_BYTES: Final = 3 * MAX_LINE_BYTES
+
+#: How every success line ends (see runqy.protocol.encode_response).
+_SUCCESS_END: Final = b',"error":null,"retry":false}\n'
 
 #: Build a request from its fields in C (``TaskRequest(*fields)`` is a Python call).
 _new_request: Final = functools.partial(tuple.__new__, TaskRequest)
@@ -151,13 +160,16 @@ class ChildSpec:
         return cls(handler, loader, batch=registry.batch_spec(), **options)
 
 
-def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> None:
-    """Entry point of a child process; never returns (exits with ``os._exit``)."""
+def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec, stdout: ChildStdout | None) -> None:
+    """Entry point of a child process; never returns (exits with ``os._exit``).
+
+    ``stdout``: the protocol stream, when the parent shares it (see :mod:`runqy.shared_stdout`).
+    """
     os.environ[CHILD_ENV_VAR] = "1"
     _isolate()
     _die_with_parent()
     # The connection's own descriptor, read and written directly (see _wire).
-    sender = _Sender(conn.fileno(), spec.report_rss)
+    sender = _Sender(conn.fileno(), spec.report_rss, stdout)
     try:
         registry = Registry()
         # max_wait 0 inside the child: the parent already waited for the batch it sent.
@@ -187,11 +199,10 @@ def child_main(conn: multiprocessing.connection.Connection, spec: ChildSpec) -> 
         for tag, *body in messages:
             if tag == STOP:
                 _exit(0)
-            tasks = [(seq, attempt, _new_request(fields)) for seq, attempt, fields in body[0]]
             if tag == BATCH:
-                host.run_batch(tasks)
+                host.run_batch([(seq, attempt, _new_request(fields)) for seq, attempt, fields in body[0]])
             else:
-                host.run_all(tasks)
+                host.run_all([(seq, attempt, _new_request(fields), alone) for seq, attempt, fields, alone in body[0]])
 
 
 def _isolate() -> None:
@@ -244,16 +255,33 @@ def _exit(code: int) -> NoReturn:
 class _Sender:
     """Writes messages to the parent; one lock, because threads of a hybrid child answer concurrently."""
 
-    def __init__(self, fd: int, report_rss: bool) -> None:
+    def __init__(self, fd: int, report_rss: bool, stdout: ChildStdout | None = None) -> None:
         self._fd = fd
         self._lock = threading.Lock()
         self._rss: Callable[[], int] = _rss_reader() if report_rss else _no_rss
+        self._stdout = stdout
 
     def send(self, message: tuple[Any, ...]) -> None:
         self._write(encode(message))
 
     def done(self, seq: int, attempt: int, response: TaskResponse, duration_s: float, abandoned: int = 0) -> None:
         self._write(self._answer(seq, attempt, response, duration_s, abandoned))
+
+    def done_alone(self, seq: int, attempt: int, response: TaskResponse, duration_s: float) -> None:
+        """Answer a task whose success this child may write to the protocol stream itself.
+
+        Anything else (an error, which the parent may retry; a line too long to be written
+        whole; a revoked child) goes through the parent as :meth:`done` sends it.
+        """
+        stdout = self._stdout
+        if stdout is not None and response.error is None:
+            line = encode_response(response)
+            # A result that is not JSON became an error line: the parent reports it as one.
+            if len(line) <= ATOMIC_BYTES and line.endswith(_SUCCESS_END) and stdout.write_answer(seq, line):
+                observed = (outcome_of(response), duration_s, threading.current_thread().name)
+                self._write(encode((WROTE, seq, attempt, response.task_id, self._rss(), 0, *observed)))
+                return
+        self.done(seq, attempt, response, duration_s)
 
     def done_together(self, answers: list[tuple[int, int, TaskResponse]], duration_s: float) -> None:
         """The answers of one batch call, in one write: they were ready at the same moment."""
@@ -301,8 +329,8 @@ def _rss_reader() -> Callable[[], int]:
 class _Host:
     """Runs the tasks of one child: the seam between the process and the hybrid runner."""
 
-    def run_all(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
-        """Run tasks sent in one message, each as a call of its own."""
+    def run_all(self, tasks: list[tuple[int, int, TaskRequest, bool]]) -> None:
+        """Run tasks sent in one message, each as a call of its own (the flag: may write its own answer)."""
         raise NotImplementedError
 
     def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
@@ -316,14 +344,16 @@ class _InlineHost(_Host):
         self._handler = handler
         self._sender = sender
 
-    def run_all(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
-        execute, done, clock = self._handler.execute_blocking, self._sender.done, time.perf_counter
-        for seq, attempt, request in tasks:
+    def run_all(self, tasks: list[tuple[int, int, TaskRequest, bool]]) -> None:
+        execute, clock = self._handler.execute_blocking, time.perf_counter
+        done, done_alone = self._sender.done, self._sender.done_alone
+        for seq, attempt, request, alone in tasks:
             started = clock()
             response = execute(request, attempt)
             # Sent before the next task starts: the parent's account of which task is running
-            # (for its timeout, and for the blame when this process dies) depends on it.
-            done(seq, attempt, response, clock() - started)
+            # (for its timeout, and for the blame when this process dies) depends on it, and
+            # so does its account of the answers written here (the last one's seq says which).
+            (done_alone if alone else done)(seq, attempt, response, clock() - started)
 
     def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
         started = time.perf_counter()
@@ -345,9 +375,9 @@ class _ThreadHost(_Host):
         self._max_abandoned = spec.policy.max_abandoned_threads
         self._retiring = False
 
-    def run_all(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:
+    def run_all(self, tasks: list[tuple[int, int, TaskRequest, bool]]) -> None:
         started = time.perf_counter()
-        for seq, attempt, request in tasks:
+        for seq, attempt, request, _ in tasks:  # the parent never lets a hybrid child write: it answers out of order
             self._pool.submit(request, functools.partial(self._answer, seq, attempt, started), attempt)
 
     def run_batch(self, tasks: list[tuple[int, int, TaskRequest]]) -> None:

@@ -24,6 +24,7 @@ from runqy.protocol import TaskRequest
 from runqy.runners._child import BATCH, CHILD_ENV_VAR, STOP, TASKS, ChildSpec, child_main
 from runqy.runners._wire import FrameReader, encode, write_frame
 from runqy.runners.base import Reply
+from runqy.shared_stdout import SharedStdout
 
 __all__ = ["ChildProcess", "ChildState", "Job", "tree_rss_bytes", "watch_memory"]
 
@@ -67,14 +68,21 @@ class Job:
     pin: int = 0
     #: It was in a batch whose child crashed: if it crashes a child alone, it is the poison.
     suspect: bool = False
+    #: The protocol stream its reply answers on, which a child given the same stream may write
+    #: its answer to itself (see runqy.shared_stdout); None: the reply is not a line on it.
+    answers_to: SharedStdout | None = None
 
 
 class ChildProcess:
     """One child process, its pipe, and the jobs it is running."""
 
-    def __init__(self, ctx: BaseContext, spec: ChildSpec, name: str) -> None:
+    def __init__(self, ctx: BaseContext, spec: ChildSpec, name: str, shared: SharedStdout | None = None) -> None:
         parent_end, child_end = ctx.Pipe(duplex=True)
-        self.process: Any = ctx.Process(target=child_main, args=(child_end, spec), name=name)  # type: ignore[attr-defined]
+        #: The protocol stream this child may write its answers to, and its handle of it.
+        self.shared = shared
+        self.stdout = None if shared is None else shared.for_child(ctx)
+        args = (child_end, spec, self.stdout)
+        self.process: Any = ctx.Process(target=child_main, args=args, name=name)  # type: ignore[attr-defined]
         with _ENV_LOCK:
             # Set while the child is created: spawn re-imports the user's script before any
             # code of ours runs in the child, and run() at its top level must not serve there.
@@ -117,9 +125,31 @@ class ChildProcess:
     def sentinel(self) -> int:
         return int(self.process.sentinel)
 
-    def send_tasks(self, jobs: list[Job]) -> bool:
-        """Send attempts of jobs in one message, each a call of its own; False when the pipe is broken."""
-        return self._send((TASKS, [(job.seq, job.attempt, tuple(job.request)) for job in jobs]))
+    def send_tasks(self, jobs: list[Job], *, may_write: bool = False) -> bool:
+        """Send attempts of jobs in one message, each a call of its own; False when the pipe is broken.
+
+        With ``may_write``, the child writes the answers of those whose stream it shares itself.
+        """
+        shared = self.shared if may_write else None
+        alone = shared is not None
+        return self._send(
+            (TASKS, [(job.seq, job.attempt, tuple(job.request), alone and job.answers_to is shared) for job in jobs])
+        )
+
+    def revoke(self) -> int:
+        """Make the child send every answer through the parent; returns the seq of the last one it wrote itself.
+
+        Its tasks up to that seq are answered (0: none). Call it before answering any
+        task the child holds: after it, the child writes no answer.
+        """
+        if self.shared is None or self.stdout is None:
+            return 0
+        return self.shared.revoke(self.stdout)
+
+    def allow(self) -> None:
+        """Undo :meth:`revoke`: the parent will not answer the child's tasks itself after all."""
+        if self.shared is not None and self.stdout is not None:
+            self.shared.allow(self.stdout)
 
     def send_batch(self, jobs: list[Job]) -> bool:
         """Send one call of a batch handler: every job's attempt in one message; False when the pipe is broken."""

@@ -65,6 +65,8 @@ class Dispatcher:
     _seq: Iterator[int]
     #: Recent task duration in the children (a moving average), None before the first answer.
     _typical_s: float | None
+    #: Children may write answers to the protocol stream themselves (until the serving loop takes it back).
+    _children_may_write: bool
 
     def _dispatch_locked(self) -> None:
         if self.limits.batch is not None:
@@ -111,7 +113,9 @@ class Dispatcher:
             job.seq = next(self._seq)
             job.deadline = None  # set when it starts: see _start_next_locked
             child.inflight[job.seq] = job
-        if not child.send_tasks(jobs):
+        # Each answer is written by the child before it starts the next task: the order they
+        # run in is the order they are answered in, which settling a lost child relies on.
+        if not child.send_tasks(jobs, may_write=self._children_may_write):
             self._unsent_locked(child, jobs)
             return
         if idle:

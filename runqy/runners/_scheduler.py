@@ -21,14 +21,15 @@ from functools import partial
 from typing import Any, Final
 
 from runqy.errors import RunnerBroken, RunnerClosed, TaskTimeout, WorkerCrashed
-from runqy.observe.telemetry import CRASHED, GAVE_UP, TIMED_OUT, TaskObserver
-from runqy.protocol import TaskRequest, TaskResponse
-from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE
+from runqy.observe.telemetry import CRASHED, GAVE_UP, OK, TIMED_OUT, TaskObserver
+from runqy.protocol import WRITTEN_ELSEWHERE, TaskRequest, TaskResponse
+from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE, WROTE
 from runqy.runners._children import ChildProcess, ChildState, Job
 from runqy.runners._crashes import CrashLedger
 from runqy.runners._dispatch import Dispatcher, Limits
 from runqy.runners._supervisor import ChildSupervisor, Replies
 from runqy.runners.base import Reply
+from runqy.shared_stdout import SharedStdout
 
 __all__ = ["Limits", "Scheduler", "State"]
 
@@ -70,6 +71,14 @@ class Scheduler(Dispatcher):
         self._queued_in_child = limits.in_order and limits.batch is None
         #: Recent task duration in the children (a moving average), None before the first answer.
         self._typical_s: float | None = None
+        #: Children write the answers of the tasks read from stdin themselves: only where each runs
+        #: its tasks in the order sent (see _settle_written_locked), until reclaim_stdout().
+        self._children_may_write = self._queued_in_child
+
+    @property
+    def children_may_write(self) -> bool:
+        """Whether children write the answers of tasks read from stdin to the protocol stream themselves."""
+        return self._children_may_write
 
     def attach(self, supervisor: ChildSupervisor) -> None:
         self.supervisor = supervisor
@@ -97,13 +106,15 @@ class Scheduler(Dispatcher):
         for reply, response in refused:
             reply(response)
 
-    def _queue_locked(self, tasks: list[tuple[TaskRequest, Reply]], refused: Replies) -> None:
+    def _queue_locked(
+        self, tasks: list[tuple[TaskRequest, Reply]], refused: Replies, answers_to: SharedStdout | None = None
+    ) -> None:
         """Queue tasks to be dispatched; those that must not run are answered into ``refused``."""
         arrived = time.monotonic() if self.limits.batch is not None else 0.0
         for request, reply in tasks:
             refusal = self._refusal_locked(request)
             if refusal is None:
-                self._pending.append(Job(request, reply, arrived=arrived))
+                self._pending.append(Job(request, reply, arrived=arrived, answers_to=answers_to))
             else:
                 outcome = GAVE_UP if refusal.retry else CRASHED
                 self._finish_locked(Job(request, reply), refusal, refused, outcome)
@@ -132,14 +143,15 @@ class Scheduler(Dispatcher):
         jobs = [*self._pending, *(job for _, _, job in self._retries)]
         self._pending.clear()
         self._retries.clear()
+        replies: Replies = [*self._deferred]
+        self._deferred.clear()
         for child in self.children:
+            self._settle_written_locked(child, replies)
             busy = bool(child.inflight)
             jobs += child.inflight.values()
             child.inflight.clear()
             if child.state is not ChildState.DOOMED:
                 child.kill("runner closed") if busy else child.stop("runner closed")
-        replies: Replies = [*self._deferred]
-        self._deferred.clear()
         self._give_up_locked(jobs, "the worker shut down before the task finished; retry it", replies)
         return replies
 
@@ -152,8 +164,14 @@ class Scheduler(Dispatcher):
 
     def on_message_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
         tag = message[0]
-        if tag == DONE:
-            self._answered_locked(child, message, replies)
+        if tag == WROTE:
+            _, seq, attempt, task_id, rss, child.abandoned, outcome, duration_s, thread = message
+            response = TaskResponse(task_id, WRITTEN_ELSEWHERE)
+            self._answered_locked(child, seq, attempt, response, rss, (outcome, duration_s, thread, child.pid), replies)
+        elif tag == DONE:
+            _, seq, attempt, task_id, result, error, retry, rss, child.abandoned, outcome, duration_s, thread = message
+            response = TaskResponse(task_id, result, error, retry)
+            self._answered_locked(child, seq, attempt, response, rss, (outcome, duration_s, thread, child.pid), replies)
         elif tag == READY:
             if child.state is ChildState.STARTING:
                 child.state = ChildState.READY
@@ -168,26 +186,37 @@ class Scheduler(Dispatcher):
         elif tag == RETIRE:
             self._retire_locked(child, str(message[1]), "abandoned_threads")
 
-    def _answered_locked(self, child: ChildProcess, message: Any, replies: Replies) -> None:
-        _, seq, attempt, task_id, result, error, retry, rss, child.abandoned, outcome, duration_s, thread = message
+    def _answered_locked(
+        self,
+        child: ChildProcess,
+        seq: int,
+        attempt: int,
+        response: TaskResponse,
+        rss: int,
+        where: tuple[str, float | None, str, int],
+        replies: Replies,
+    ) -> None:
+        task_id = response.task_id
         job = child.inflight.pop(seq, None)
         if job is None or job.attempt != attempt:
+            # Also the notice of an answer written by a child that was settled meanwhile (see _settle_written_locked).
             log.debug("dropping a late answer for task %s attempt %d from child %d", task_id, attempt, child.pid)
             return
         child.tasks_done += 1
+        duration_s = where[1]
         if duration_s is not None:
             typical = self._typical_s
             self._typical_s = duration_s if typical is None else typical + (duration_s - typical) / 8
         if self._queued_in_child and child.inflight:
             self._start_next_locked(child)
         self._crashes.made_progress()
-        if error is None:
+        if response.error is None:
             self._crashes.forget(task_id)
-        where = (outcome, duration_s, thread, child.pid)
-        self._retry_or_finish_locked(job, TaskResponse(task_id, result, error, retry), replies, where)
+        self._retry_or_finish_locked(job, response, replies, where)
         self._after_task_locked(child, rss)
 
     def on_exit_locked(self, child: ChildProcess, exitcode: int | None, replies: Replies) -> None:
+        self._settle_written_locked(child, replies)  # it may have died between writing an answer and telling us
         jobs = list(child.inflight.values())
         child.inflight.clear()
         crash = WorkerCrashed(exitcode, f"pid {child.pid}")
@@ -220,10 +249,15 @@ class Scheduler(Dispatcher):
         self._pending.clear()
         self._retries.clear()
 
-    def on_tasks_locked(self, tasks: list[tuple[TaskRequest, Reply]], replies: Replies) -> None:
-        """Tasks the supervisor read from stdin: queued and dispatched like submitted ones."""
+    def on_tasks_locked(
+        self, tasks: list[tuple[TaskRequest, Reply]], replies: Replies, answers_to: SharedStdout | None
+    ) -> None:
+        """Tasks the supervisor read from stdin: queued and dispatched like submitted ones.
+
+        ``answers_to``: the stream their replies write to, if children may write to it too.
+        """
         if self.state is State.RUNNING:
-            self._queue_locked(tasks, replies)
+            self._queue_locked(tasks, replies, answers_to)
             self._dispatch_locked()
             return
         why = f"runner rejected the task: the process runner is {self.state.value}"
@@ -294,6 +328,11 @@ class Scheduler(Dispatcher):
 
     def _timed_out_locked(self, child: ChildProcess, overdue: list[Job], replies: Replies) -> None:
         # Several overdue at once: the tasks of one batch call, which share its deadline.
+        self._settle_written_locked(child, replies)
+        overdue = [job for job in overdue if job.seq in child.inflight]
+        if not overdue:  # its answer was written just in time
+            child.allow()
+            return
         task_id = overdue[0].request.task_id
         log.warning(
             "task %s: %s; killing child process %d and its process group",
@@ -397,7 +436,13 @@ class Scheduler(Dispatcher):
         # Observed by whoever sends the reply, after the lock is released: counting and
         # logging stay off the lock every child's answer needs.
         observed = (job.request, job.attempt, outcome, duration_s, thread, pid, response.error)
-        replies.append((partial(_observe_then_reply, self.observer.finished, observed, job.reply), response))
+        if response.result is WRITTEN_ELSEWHERE:
+            # A child wrote its line: the task is closed now, under the lock, so that once
+            # reclaim_stdout() holds the lock no such task is still open on the serving loop.
+            job.reply(response)
+            replies.append((partial(_observe_then_reply, self.observer.finished, observed, _nothing), response))
+        else:
+            replies.append((partial(_observe_then_reply, self.observer.finished, observed, job.reply), response))
         if self.state is State.DRAINING:  # the only wait that an answer can end
             self.changed.notify_all()
 
@@ -423,6 +468,34 @@ class Scheduler(Dispatcher):
         for job in jobs:
             job.deadline = None
         self._pending.extendleft(reversed(jobs))
+
+    # --- answers written by the children ------------------------------------------------------
+
+    def reclaim_stdout(self) -> None:
+        """Let no child write an answer any more, and close every task whose answer one wrote (see Runner)."""
+        replies: Replies = []
+        with self.lock:
+            self._children_may_write = False
+            for child in self.children:
+                self._settle_written_locked(child, replies)
+        _send(replies)
+
+    def _settle_written_locked(self, child: ChildProcess, replies: Replies) -> None:
+        """Revoke the child's writing of answers and finish the tasks whose answers it already wrote.
+
+        Called before the parent answers any task the child holds (it timed out, died, or
+        is stopped). The child answers its tasks in the order sent, so those up to the
+        last seq it wrote are answered; the rest are still the parent's to answer.
+        """
+        written = child.revoke()
+        settled = [seq for seq in child.inflight if seq <= written]
+        for seq in settled:
+            job = child.inflight.pop(seq)
+            child.tasks_done += 1
+            where = (OK, None, "-", child.pid)
+            self._finish_locked(job, TaskResponse(job.request.task_id, WRITTEN_ELSEWHERE), replies, *where)
+        if settled and child.inflight:
+            self._start_next_locked(child)  # the one after them is running: its timeout runs from now
 
     # --- memory ------------------------------------------------------------------------------
 
@@ -454,15 +527,24 @@ class Scheduler(Dispatcher):
                 return  # the first sighting: look again on the next check
             else:
                 log.warning("%s while running: killing it before the kernel's OOM killer does", what)
+                self._settle_written_locked(child, replies)
                 jobs = list(child.inflight.values())
                 child.inflight.clear()
                 child.kill(what)
                 child.stop_cause = "memory"
                 self._all_crashed_locked(jobs, f"task stopped: {what}", replies, child.pid)
-        for reply, response in replies:
-            reply(response)
+        _send(replies)
         if self.supervisor is not None:
             self.supervisor.wake()
+
+
+def _send(replies: Replies) -> None:
+    for reply, response in replies:
+        reply(response)
+
+
+def _nothing(response: TaskResponse) -> None:
+    pass
 
 
 def _observe_then_reply(

@@ -29,6 +29,7 @@ from runqy.protocol import TaskRequest, TaskResponse
 from runqy.runners._child import ChildSpec
 from runqy.runners._children import ChildProcess
 from runqy.runners.base import Reply
+from runqy.shared_stdout import SharedStdout, claimed
 from runqy.spin import SpinWait
 
 __all__ = ["ChildSupervisor", "Replies", "SupervisedEvents"]
@@ -61,8 +62,10 @@ class SupervisedEvents(Protocol):
     def on_child_failed_locked(self, what: str) -> None:
         """A child could not be started, or died unexpectedly."""
 
-    def on_tasks_locked(self, tasks: list[tuple[TaskRequest, Reply]], replies: Replies) -> None:
-        """Tasks read from stdin by this thread (see :meth:`ChildSupervisor.host`)."""
+    def on_tasks_locked(
+        self, tasks: list[tuple[TaskRequest, Reply]], replies: Replies, answers_to: SharedStdout | None
+    ) -> None:
+        """Tasks this thread read from stdin (see :meth:`ChildSupervisor.host`), replied on ``answers_to``."""
 
     def next_due_locked(self) -> float:
         """The next deadline of the runner (monotonic seconds), or ``math.inf``."""
@@ -89,9 +92,13 @@ class ChildSupervisor:
         events: SupervisedEvents,
         report_fatal: Callable[[BaseException], None],
         spin_wait_s: float = 0.0,
+        *,
+        share_stdout: bool = False,
     ) -> None:
         self._ctx = ctx
         self._report_fatal = report_fatal
+        #: Children get the protocol stream, if this process serves one, to write their answers to.
+        self._share_stdout = share_stdout
         self._spec = spec
         self._lock = lock
         self._events = events
@@ -179,7 +186,8 @@ class ChildSupervisor:
                     if child in self._watched:
                         self._exited_locked(child, replies)
                 if tasks:  # after the answers: the children they freed take these tasks at once
-                    self._events.on_tasks_locked(tasks, replies)
+                    assert stdin is not None
+                    self._events.on_tasks_locked(tasks, replies, stdin.shared_stdout)
             self._answer(replies)  # before the rounds below, which can wait: the Go worker cannot
             replies = []
             with self._lock:
@@ -262,7 +270,7 @@ class ChildSupervisor:
     def _spawn(self, missing: int) -> None:
         for _ in range(missing):
             try:
-                child = ChildProcess(self._ctx, self._spec, "runqy-child")
+                child = ChildProcess(self._ctx, self._spec, "runqy-child", claimed() if self._share_stdout else None)
             except Exception as exc:  # noqa: BLE001 - fork failures, pickling, multiprocessing's own checks
                 log.error("cannot start a child process: %s", exc)
                 with self._lock:

@@ -104,6 +104,14 @@ class Runner(ABC):
         """
         return self.inline_thread()
 
+    def reclaim_stdout(self) -> None:
+        """Answer every task through this process from now on: the serving loop is about to answer the open ones.
+
+        For a runner whose child processes write answers to stdout themselves: once this
+        returns, they write none, and every answer they wrote has been replied.
+        """
+        return  # only child processes write answers themselves
+
     @abstractmethod
     def close(self, timeout_s: float | None = None) -> None:
         """Finish the tasks already submitted (waiting at most ``timeout_s``), then release everything."""

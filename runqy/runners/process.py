@@ -20,6 +20,9 @@ Data flow::
                                  - recycling after max_tasks_per_child or max_memory_per_child_mb
                                memory monitor thread: psutil RSS of each child + its descendants
 
+  A child writes the line of a success itself when it shares the protocol stream (stdout
+  is a pipe), and sends WROTE(seq) instead of DONE: see ``runqy.shared_stdout``.
+
 This module is the runner's API and its seam for the hybrid runner; the parts are
 ``_scheduler`` (tasks), ``_dispatch`` (which child, how many tasks per message),
 ``_supervisor`` (the children's lifecycle), ``_children`` (one child's handle),
@@ -168,7 +171,13 @@ class PersistentProcessRunner(Runner):
         self._batch = registry.batch_spec()
         scheduler = self._scheduler = Scheduler(self._limits(), self.telemetry)
         self._supervisor = ChildSupervisor(
-            self._ctx, spec, scheduler.lock, scheduler, lambda exc: self.on_fatal(exc), self.spin_wait_us / 1e6
+            self._ctx,
+            spec,
+            scheduler.lock,
+            scheduler,
+            lambda exc: self.on_fatal(exc),
+            self.spin_wait_us / 1e6,
+            share_stdout=scheduler.children_may_write,
         )
         scheduler.attach(self._supervisor)
         self._supervisor.start()
@@ -207,6 +216,10 @@ class PersistentProcessRunner(Runner):
             self._supervisor.kill_all()  # whatever did not exit in time
         if self._monitor is not None:
             self._monitor.join()
+
+    def reclaim_stdout(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.reclaim_stdout()
 
     def stdin_host(self) -> StdinHost | None:
         """The supervisor thread, which reads stdin in the loop that reads the children's answers."""
