@@ -288,9 +288,10 @@ class Server:
             host = None if self.one_shot else self.runner.stdin_host()
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
-            # Written before any request is read: a child process of the runner may write an answer
-            # itself as soon as it has a task, and no answer may precede the ready line.
-            self.channel.flush()
+            if self.channel.shared is not None and self.channel.shared.has_writers:
+                # Written before any request is read: a child process of the runner may write an
+                # answer itself as soon as it has a task, and no answer may precede the ready line.
+                self.channel.flush()
             if host is None:
                 self.inflight.answer_in_place = self.runner.answers_in_place
                 self._start_reader()

@@ -80,6 +80,11 @@ class SharedStdout:
         # A record lock belongs to the process, so this process's threads exclude each other here.
         self._threads = threading.Lock()
 
+    @property
+    def has_writers(self) -> bool:
+        """Whether a child process was given the stream (see :meth:`for_child`)."""
+        return self._lock_file is not None
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the stream: no child writes until the block ends."""
