@@ -55,23 +55,31 @@ def claimed() -> SharedStdout | None:
 
 
 def share(fd: int) -> SharedStdout | None:
-    """Let children write to ``fd``, the protocol stream this process claimed; None unless it is a pipe.
+    """Let the children started from now on write to ``fd``, the protocol stream this process claimed.
 
-    Only a pipe promises that short writes are never interleaved; a file or a terminal
-    keeps every answer in this process.
+    Returns None (and children get nothing) unless ``fd`` is a pipe.
     """
     global _claimed
-    try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            return None
-    except OSError:
-        return None
-    _claimed = SharedStdout(fd)
+    _claimed = SharedStdout.of_pipe(fd)
     return _claimed
 
 
 class SharedStdout:
     """The parent's side: the stream's descriptor, the lock that keeps lines whole, and a handle per child."""
+
+    @classmethod
+    def of_pipe(cls, fd: int) -> SharedStdout | None:
+        """The stream on ``fd``, or None unless it is a pipe.
+
+        Only a pipe promises that short writes are never interleaved; a file or a terminal
+        keeps every answer in this process.
+        """
+        try:
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return None
+        except OSError:
+            return None
+        return cls(fd)
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

@@ -162,3 +162,12 @@ def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
     yield start
     for worker in started:
         worker.__exit__(None, None, None)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    """A real pipe: (read end, write end), both closed at the end of the test."""
+    read_fd, write_fd = os.pipe()
+    yield read_fd, write_fd
+    os.close(read_fd)
+    os.close(write_fd)

@@ -18,14 +18,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
 from harness import WAIT_S, wait_until
 
-from runqy.shared_stdout import SharedStdout, share
+from runqy.shared_stdout import ChildStdout, SharedStdout
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,21 +32,13 @@ TESTS_DIR = Path(__file__).resolve().parent
 SPAWN = multiprocessing.get_context("spawn")
 
 
-def _write_when_told(stdout: object, orders: Connection) -> None:
+def _write_when_told(stdout: ChildStdout, orders: Connection) -> None:
     """Child: write an answer for each seq the test sends, and report whether it was written."""
     while (seq := orders.recv()) is not None:
-        orders.send(stdout.write_answer(seq, b'{"task_id":"t%d"}\n' % seq))  # type: ignore[attr-defined]
+        orders.send(stdout.write_answer(seq, b'{"task_id":"t%d"}\n' % seq))
 
 
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    yield read_fd, write_fd
-    os.close(read_fd)
-    os.close(write_fd)
-
-
-def _start_writer(shared: SharedStdout) -> tuple[multiprocessing.process.BaseProcess, Connection, object]:
+def _start_writer(shared: SharedStdout) -> tuple[multiprocessing.process.BaseProcess, Connection, ChildStdout]:
     ours, theirs = SPAWN.Pipe()
     handle = shared.for_child(SPAWN)
     child = SPAWN.Process(target=_write_when_told, args=(handle, theirs), daemon=True)
@@ -64,11 +55,11 @@ def test_a_revoked_child_writes_no_answer_and_the_parent_learns_the_last_it_wrot
         for seq in (1, 2, 3):
             orders.send(seq)
             assert orders.recv() is True
-        assert shared.revoke(handle) == 3  # type: ignore[arg-type]
+        assert shared.revoke(handle) == 3
         orders.send(4)
         assert orders.recv() is False, "a revoked child must send its answer through the parent"
         assert os.read(read_fd, 4096).splitlines() == [b'{"task_id":"t%d"}' % seq for seq in (1, 2, 3)]
-        shared.allow(handle)  # type: ignore[arg-type]
+        shared.allow(handle)
         orders.send(5)
         assert orders.recv() is True
         assert os.read(read_fd, 4096) == b'{"task_id":"t5"}\n'
@@ -89,13 +80,13 @@ def test_a_child_killed_while_holding_the_lock_releases_it(pipe: tuple[int, int]
     shared = SharedStdout(write_fd)
     child, orders, handle = _start_writer(shared)
     orders.send(1)
-    lock_fd = handle.lock_fd  # type: ignore[attr-defined]
+    lock_fd = handle.lock_fd
     wait_until(lambda: _held_by_another_process(lock_fd), "the child holds the lock, blocked in its write")
-    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    os.kill(child.pid, signal.SIGKILL)
     child.join(WAIT_S)
     # The kernel released the dead child's lock: the parent takes it at once, and the
     # answer whose write never finished counts as not written.
-    assert shared.revoke(handle) == 0  # type: ignore[arg-type]
+    assert shared.revoke(handle) == 0
 
 
 def _held_by_another_process(lock_fd: int) -> bool:
@@ -107,15 +98,10 @@ def _held_by_another_process(lock_fd: int) -> bool:
     return False
 
 
-def test_only_a_pipe_is_shared_with_children() -> None:
+def test_only_a_pipe_is_shared_with_children(pipe: tuple[int, int]) -> None:
     with tempfile.TemporaryFile() as regular:
-        assert share(regular.fileno()) is None  # a file's writes are not atomic the way a pipe's are
-    read_fd, write_fd = os.pipe()
-    try:
-        assert isinstance(share(write_fd), SharedStdout)
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+        assert SharedStdout.of_pipe(regular.fileno()) is None  # a file's writes are not atomic as a pipe's are
+    assert isinstance(SharedStdout.of_pipe(pipe[1]), SharedStdout)
 
 
 # --- a real worker -------------------------------------------------------------------------

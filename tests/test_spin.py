@@ -6,22 +6,12 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator
-
-import pytest
+from collections.abc import Callable
 
 from runqy.spin import SpinWait, in_seconds
 
 #: Far longer than a poll of a pipe that holds data takes, even on a loaded machine.
 WINDOW_S = 0.05
-
-
-@pytest.fixture
-def pipe() -> Iterator[tuple[int, int]]:
-    read_fd, write_fd = os.pipe()
-    yield read_fd, write_fd
-    os.close(read_fd)
-    os.close(write_fd)
 
 
 def poll_of(fd: int) -> Callable[[float | None], list[tuple[int, int]]]:

@@ -185,8 +185,7 @@ class ChildSupervisor:
                 for child in exited:
                     if child in self._watched:
                         self._exited_locked(child, replies)
-                if tasks:  # after the answers: the children they freed take these tasks at once
-                    assert stdin is not None
+                if stdin is not None and tasks:  # after the answers: the children they freed take these at once
                     self._events.on_tasks_locked(tasks, replies, stdin.shared_stdout)
             self._answer(replies)  # before the rounds below, which can wait: the Go worker cannot
             replies = []
