@@ -18,17 +18,18 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
 from harness import WAIT_S, wait_until
+from runner_params import CLEAN_ENV
 
 from runqy.shared_stdout import ChildStdout, SharedStdout
 
 pytestmark = pytest.mark.timeout(60)
 
-TESTS_DIR = Path(__file__).resolve().parent
 SPAWN = multiprocessing.get_context("spawn")
 
 
@@ -119,16 +120,33 @@ run(runner_cls="process", task_timeout_s={timeout!r}, runner={{"num_processes": 
 """
 
 
-def _worker(tmp_path: Path, *, timeout: float | None = None, processes: int = 2) -> subprocess.Popen[bytes]:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(timeout=timeout, processes=processes))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNQY_")}
-    worker = subprocess.Popen(
-        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=tmp_path, env=env
-    )
-    assert worker.stdout is not None
-    assert json.loads(worker.stdout.readline()) == {"status": "ready"}
-    return worker
+def _script(folder: Path, *, timeout: float | None = None, processes: int = 2) -> list[str]:
+    """The command that starts a process-runner worker written in ``folder``."""
+    (folder / "worker.py").write_text(WORKER.format(timeout=timeout, processes=processes))
+    return [sys.executable, str(folder / "worker.py")]
+
+
+Start = Callable[..., "subprocess.Popen[bytes]"]
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Start]:
+    """Start a worker with pipes and read its ready line; any still running at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(*, timeout: float | None = None, processes: int = 2) -> subprocess.Popen[bytes]:
+        command = _script(tmp_path, timeout=timeout, processes=processes)
+        worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=tmp_path, env=CLEAN_ENV)
+        started.append(worker)
+        assert worker.stdout is not None
+        assert json.loads(worker.stdout.readline()) == {"status": "ready"}
+        return worker
+
+    yield run
+    for worker in started:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
 
 def _request(n: int, size: int = 0) -> bytes:
@@ -153,8 +171,8 @@ def _answers(worker: subprocess.Popen[bytes], count: int) -> list[dict[str, obje
     return [json.loads(line) for line in lines]
 
 
-def test_long_lines_from_the_parent_and_answers_from_children_never_interleave(tmp_path: Path) -> None:
-    worker = _worker(tmp_path)
+def test_long_lines_from_the_parent_and_answers_from_children_never_interleave(start: Start) -> None:
+    worker = start()
     # Every tenth result is 20 KB, written by the parent while children write the others;
     # the reader falls behind the writers, so the pipe fills in the middle of long writes.
     requests = [_request(n, 20_000 if n % 10 == 0 else 0) for n in range(3000)]
@@ -168,9 +186,9 @@ def test_long_lines_from_the_parent_and_answers_from_children_never_interleave(t
         assert answer["result"] == ("x" * 20_000 if n % 10 == 0 else n)
 
 
-def test_an_answer_stuck_on_a_full_stdout_past_its_timeout_is_answered_once_by_its_child(tmp_path: Path) -> None:
+def test_an_answer_stuck_on_a_full_stdout_past_its_timeout_is_answered_once_by_its_child(start: Start) -> None:
     timeout_s = 0.3
-    worker = _worker(tmp_path, timeout=timeout_s, processes=1)
+    worker = start(timeout=timeout_s, processes=1)
     # Far more answers than the pipe holds: the child blocks writing one while nothing reads.
     count = 3000
     _send(worker, [_request(n) for n in range(count)])
@@ -184,14 +202,10 @@ def test_an_answer_stuck_on_a_full_stdout_past_its_timeout_is_answered_once_by_i
 
 
 def test_no_answer_precedes_the_ready_line_when_requests_come_before_it(tmp_path: Path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(timeout=None, processes=2))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNQY_")}
+    command = _script(tmp_path)
     requests = b"".join(_request(n) for n in range(20))
     for _ in range(5):  # the children are ready before the ready line is written: a race each time
-        done = subprocess.run(
-            [sys.executable, str(script)], input=requests, capture_output=True, cwd=tmp_path, env=env, timeout=WAIT_S
-        )
+        done = subprocess.run(command, input=requests, capture_output=True, cwd=tmp_path, env=CLEAN_ENV, timeout=WAIT_S)
         lines = done.stdout.splitlines()
         assert json.loads(lines[0]) == {"status": "ready"}, lines[:3]
         assert sorted(json.loads(line)["task_id"] for line in lines[1:]) == sorted(f"t{n}" for n in range(20))
