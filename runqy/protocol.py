@@ -23,6 +23,7 @@ from functools import partial
 from typing import Any, Final, NamedTuple
 
 from runqy.errors import ProtocolError
+from runqy.fdio import write_all
 from runqy.shared_stdout import SharedStdout, share
 
 __all__ = [
@@ -416,9 +417,7 @@ class ProtocolChannel:
             if self.shared is not None:
                 self.shared.write_all(data)
             else:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(self._fd, view) :]
+                write_all(self._fd, data)
         except OSError as exc:
             # The Go worker closed our stdout: it is gone, and so are the readers of anything we write.
             self._broken = True

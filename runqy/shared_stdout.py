@@ -34,6 +34,8 @@ import threading
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any, Final
 
+from runqy.fdio import write_all
+
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
@@ -113,7 +115,7 @@ class SharedStdout:
             os.write(self.fd, data)  # never partial: a short write to a pipe waits for room for all of it
             return
         with self.locked():
-            _write_all(self.fd, data)
+            write_all(self.fd, data)
 
     def for_child(self, ctx: BaseContext) -> ChildStdout:
         """A handle for a child about to start, with the numbers only that child and the parent share."""
@@ -171,12 +173,6 @@ class ChildStdout:
             return True
         finally:
             fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _rebuild(fd: Any, lock_fd: Any, state: Any) -> ChildStdout:

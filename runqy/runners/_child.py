@@ -40,10 +40,11 @@ from runqy.app import BoundHandler, Registry
 from runqy.attempts import RetryPolicy, outcome_of
 from runqy.batching import BatchSpec
 from runqy.errors import HandlerNotRegistered, LoadFailed
+from runqy.fdio import write_all
 from runqy.observe.logs import LogFormat, configure_logging
 from runqy.observe.telemetry import FAILED
 from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse, encode_response
-from runqy.runners._wire import FrameReader, encode, write_frame
+from runqy.runners._wire import FrameReader, encode
 from runqy.shared_stdout import ATOMIC_BYTES, ChildStdout
 
 __all__ = ["CHILD_ENV_VAR", "ChildSpec", "HandlerRef", "child_main"]
@@ -278,8 +279,8 @@ class _Sender:
             line = encode_response(response)
             # A result that is not JSON became an error line: the parent reports it as one.
             if len(line) <= ATOMIC_BYTES and line.endswith(_SUCCESS_END) and stdout.write_answer(seq, line):
-                observed = (outcome_of(response), duration_s, threading.current_thread().name)
-                self._write(encode((WROTE, seq, attempt, response.task_id, self._rss(), 0, *observed)))
+                notice = (WROTE, seq, attempt, response.task_id, self._rss(), 0, *_observed(response, duration_s))
+                self._write(encode(notice))
                 return
         self.done(seq, attempt, response, duration_s)
 
@@ -290,8 +291,8 @@ class _Sender:
     def _answer(self, seq: int, attempt: int, response: TaskResponse, duration_s: float, abandoned: int) -> bytes:
         """The frame of one answer; a result that cannot be sent fails only its own task."""
         task_id, result, error, retry = response
-        observed = (outcome_of(response), duration_s, threading.current_thread().name)
-        message = (DONE, seq, attempt, task_id, result, error, retry, self._rss(), abandoned, *observed)
+        counted = (self._rss(), abandoned, *_observed(response, duration_s))
+        message = (DONE, seq, attempt, task_id, result, error, retry, *counted)
         try:
             data = encode(message)
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the task still gets one answer
@@ -305,9 +306,14 @@ class _Sender:
     def _write(self, data: bytes) -> None:
         with self._lock:
             try:
-                write_frame(self._fd, data)
+                write_all(self._fd, data)
             except OSError:
                 _exit(0)  # the parent is gone
+
+
+def _observed(response: TaskResponse, duration_s: float) -> tuple[str, float, str]:
+    """What the parent counts of an answer: its outcome, how long it ran, and the thread that ran it."""
+    return outcome_of(response), duration_s, threading.current_thread().name
 
 
 def _failure(seq: int, attempt: int, task_id: str, error: str) -> bytes:

@@ -20,9 +20,10 @@ from typing import Any, Final
 
 import psutil
 
+from runqy.fdio import write_all
 from runqy.protocol import TaskRequest
 from runqy.runners._child import BATCH, CHILD_ENV_VAR, STOP, TASKS, ChildSpec, child_main
-from runqy.runners._wire import FrameReader, encode, write_frame
+from runqy.runners._wire import FrameReader, encode
 from runqy.runners.base import Reply
 from runqy.shared_stdout import SharedStdout
 
@@ -206,7 +207,7 @@ class ChildProcess:
 
     def _send(self, message: tuple[Any, ...]) -> bool:
         try:
-            write_frame(self.inbox.fd, encode(message))
+            write_all(self.inbox.fd, encode(message))
         except OSError:
             return False
         return True

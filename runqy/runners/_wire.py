@@ -21,7 +21,7 @@ import pickle
 import struct
 from typing import Any, Final
 
-__all__ = ["FrameReader", "encode", "write_frame"]
+__all__ = ["FrameReader", "encode"]
 
 _LENGTH: Final = struct.Struct("<I")
 _MARSHAL: Final = 0x6D  # "m"
@@ -37,15 +37,6 @@ def encode(message: tuple[Any, ...]) -> bytes:
     except ValueError:  # an object marshal does not know, or nested too deeply for it
         body = b"p" + pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(body)) + body
-
-
-def write_frame(fd: int, data: bytes) -> None:
-    """Write encoded frames completely (a large one takes several writes); raises OSError when the pipe is gone."""
-    written = os.write(fd, data)
-    if written < len(data):
-        view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view) :]
 
 
 class FrameReader:
