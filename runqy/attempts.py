@@ -154,6 +154,8 @@ class AttemptEngine:
         #: Attempts are plain calls in the calling thread with no time limit: none is ever
         #: abandoned, and run() calls the handler directly (the common case, decided once).
         self.untimed = policy.task_timeout_s is None and not handler.is_async
+        #: Untimed and unmeasured: an attempt is a call to the handler and nothing else.
+        self._plain = self.untimed and not self.measured
         self._watchdog: _Watchdog | None = None
         if policy.task_timeout_s is not None and not handler.is_async:
             self._watchdog = _Watchdog(self, policy.task_timeout_s)
@@ -171,19 +173,30 @@ class AttemptEngine:
         """
         attempt = first_attempt
         while True:
-            started = _clock() if self.measured else None
-            try:
-                response = (
-                    self.handler.execute(request, attempt) if self.untimed else self._attempt(request, attempt, reply)
-                )
-            except Exception as exc:  # a failure of runqy's own (the event loop closed): still an answer
-                log.exception("task %s: attempt %d could not run", request.task_id, attempt)
-                response = failure_response(request, exc)
-            if response is None:
-                return False
+            started: float | None = None
+            if self._plain:
+                # The common case: a plain call, and a success answered at once (hot path).
+                response = self.handler.execute(request, attempt)
+                if response.error is None:
+                    reply(response)
+                    return True
+            else:
+                started = _clock() if self.measured else None
+                attempted = self._attempt_guarded(request, attempt, reply)
+                if attempted is None:
+                    return False
+                response = attempted
             if self._settle(request, reply, attempt, response, started):
                 return True
             attempt += 1
+
+    def _attempt_guarded(self, request: TaskRequest, attempt: int, reply: Reply) -> TaskResponse | None:
+        """One attempt, timed or not; None when the watchdog gave up on it meanwhile."""
+        try:
+            return self.handler.execute(request, attempt) if self.untimed else self._attempt(request, attempt, reply)
+        except Exception as exc:  # a failure of runqy's own (the event loop closed): still an answer
+            log.exception("task %s: attempt %d could not run", request.task_id, attempt)
+            return failure_response(request, exc)
 
     def _settle(
         self,

@@ -55,29 +55,34 @@ def _not_json(value: object) -> None:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _make_encoder() -> Callable[[Any], str]:
+def _make_encoder() -> Callable[[Any, int], Iterable[str]]:
     """A strict JSON encoder (no NaN, ASCII only, compact), built once and reused for every line.
 
-    ``json.dumps`` builds a new encoder per call, which costs more than encoding a
-    small result; the C encoder underneath is reusable and stateless when circular
-    references are left to the recursion limit. Falls back to the pure-Python
-    encoder where the C one is missing.
+    It returns the encoding in chunks, to be joined: ``json.dumps`` builds a new
+    encoder per call, which costs more than encoding a small result; the C encoder
+    underneath is reusable and stateless when circular references are left to the
+    recursion limit, and called directly it spares a Python call per line (hot path).
+    Falls back to the pure-Python encoder where the C one is missing.
     """
     c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
     try:
         c_encoder = c_make_encoder(None, _not_json, json.encoder.encode_basestring_ascii, None, ":", ",", *[False] * 3)
-
-        def encode(value: Any) -> str:
-            return "".join(c_encoder(value, 0))
-
-        if encode({"a": [1, None, True, "\u00e9"]}) == '{"a":[1,null,true,"\\u00e9"]}':
-            return encode
+        if "".join(c_encoder({"a": [1, None, True, "\u00e9"]}, 0)) == '{"a":[1,null,true,"\\u00e9"]}':
+            return c_encoder  # type: ignore[no-any-return]
     except TypeError:  # missing (None) or with another signature: use the documented encoder
         pass
-    return json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_not_json).encode
+    encoder = json.JSONEncoder(allow_nan=False, separators=(",", ":"), default=_not_json)
+    return lambda value, _indent_level: encoder.iterencode(value)
 
 
-_encode: Final = _make_encoder()
+#: ``"".join(_encode_chunks(value, 0))`` is ``value`` as strict JSON.
+_encode_chunks: Final = _make_encoder()
+
+
+def _encode(value: Any) -> str:
+    return "".join(_encode_chunks(value, 0))
+
+
 _quote: Final[Callable[[str], str]] = json.encoder.encode_basestring_ascii
 
 READY_LINE: Final = b'{"status":"ready"}\n'
@@ -238,7 +243,7 @@ def encode_response(response: TaskResponse) -> bytes:
     """
     task_id, result, error, retry = response
     try:
-        result_json = _encode(result)
+        result_json = "".join(_encode_chunks(result, 0))
     except (TypeError, ValueError, RecursionError) as exc:
         reason = "nested too deeply or circular" if isinstance(exc, RecursionError) else str(exc)
         why = f"result is not JSON: {reason}; return dicts, lists, strings, finite numbers, booleans or None"
