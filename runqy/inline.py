@@ -42,8 +42,10 @@ __all__ = [
     "InlineThread",
     "Interrupt",
     "ReadChunk",
+    "ReadOn",
     "RunTask",
     "StdinHost",
+    "Task",
 ]
 
 log = logging.getLogger("runqy")
@@ -54,14 +56,27 @@ HAND_OVER_AFTER_S: Final = 0.01
 GUARD_IDLE_AFTER_S: Final = 1.0
 
 T = TypeVar("T")
+#: An accepted request and its reply.
 Task = tuple[TaskRequest, Reply]
 #: Runs one task to its end in the calling thread and answers it.
 RunTask = Callable[[TaskRequest, Reply], object]
-#: Reads stdin once (waiting also on the given interrupt fd) and returns the tasks it
-#: read, [] when interrupted, None once stdin is closed. For a host that
-#: ``runs_what_it_reads``, each task is accepted as the tasks are iterated: it iterates
-#: them all, in order, before it reads again.
-ReadChunk = Callable[[int], Iterable[Task] | None]
+#: Whether the thread iterating a hosted read's tasks may read stdin again now (see :class:`ReadChunk`).
+ReadOn = Callable[[], bool]
+
+
+class ReadChunk(Protocol):
+    """Reads stdin once, waiting also on the given interrupt fd.
+
+    Returns the tasks it read, [] when interrupted, None once stdin is closed. For a
+    host that ``runs_what_it_reads``, each task is accepted as the tasks are iterated:
+    it iterates them all, in order, before it reads again. Given ``read_on``, the
+    iteration goes on with the lines stdin holds by the time those tasks have run,
+    without waiting, for as long as ``read_on()`` allows: it is asked under the lock
+    that every read of stdin holds, so a read by another of the host's threads comes
+    after any read it allowed, and the tasks stay in order.
+    """
+
+    def __call__(self, interrupt_fd: int, read_on: ReadOn | None = None, /) -> Iterable[Task] | None: ...
 
 
 @dataclass(frozen=True)
@@ -233,7 +248,7 @@ class InlineThread:
         read = self._read
         if read is None:
             return
-        tasks = read(self._interrupt.fd)
+        tasks = read(self._interrupt.fd, self._may_read_on)
         if tasks is None:
             self._end_reading()
         elif tasks:
@@ -257,6 +272,20 @@ class InlineThread:
                 log.exception("task %s: error while answering it", request.task_id)
         self._busy_since = None
         self._last_work = time.monotonic()
+
+    def _may_read_on(self) -> bool:
+        """Whether the inline thread, having run what it read, may read stdin again at once (see :class:`ReadChunk`).
+
+        Only while it still reads (the helper has not taken reading over) and nothing else
+        waits for it: a call, queued tasks, closing, or an end to hosting.
+        """
+        return (
+            self._reader is self.thread
+            and self._read is not None
+            and not self._calls
+            and not self._queued
+            and not self._closed
+        )
 
     # --- the helper: guards the inline thread, and reads while it is busy --------------------
 

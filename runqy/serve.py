@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import io
 import itertools
 import logging
 import os
@@ -30,7 +31,7 @@ from types import FrameType
 from typing import Final
 
 from runqy.errors import ProtocolError
-from runqy.inline import HostedStdin
+from runqy.inline import HostedStdin, ReadOn, Task
 from runqy.observe.telemetry import TaskObserver
 from runqy.protocol import (
     READY_LINE,
@@ -242,6 +243,12 @@ class Server:
         self.one_shot = one_shot
         self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED, runner.telemetry)
         self._stdin_fd = 0
+        #: stdin, read through ``FileIO`` (see _read_stdin); set by serve().
+        self._stdin: io.RawIOBase
+        #: Whether a host's reads run what they read in turn (see _unaccepted), and whether stdin is
+        #: non-blocking, so that reading on never waits (see _read_on); both set by serve().
+        self._in_turn = False
+        self._stdin_nonblocking = False
         #: The incomplete last line of what was read so far; whichever thread reads next goes on from it.
         self._pending = b""
         self._eof = False
@@ -285,6 +292,7 @@ class Server:
         try:
             self.runner.on_fatal = self._on_fatal
             self._stdin_fd = stdin_fd
+            self._stdin = _stdin_reader(stdin_fd)
             host = None if self.one_shot else self.runner.stdin_host()
             log.info("ready: %r", self.runner)
             self.channel.send(READY_LINE)
@@ -300,9 +308,16 @@ class Server:
                 # no reader thread hands them tasks, no writer thread is woken.
                 self.inflight.answer_in_place = True
                 restore_blocking = _stdin_nonblocking(stdin_fd)
-                read = partial(self._read_chunk_or_fail, in_turn=host.runs_what_it_reads)
+                self._stdin_nonblocking = restore_blocking is not _nothing
+                self._in_turn = host.runs_what_it_reads
                 host.host(
-                    HostedStdin(read, stdin_fd, self.inflight.has_room, self.channel.together, self.channel.shared)
+                    HostedStdin(
+                        self._read_chunk_or_fail,
+                        stdin_fd,
+                        self.inflight.has_room,
+                        self.channel.together,
+                        self.channel.shared,
+                    )
                 )
             while self._reason is None:
                 os.read(self._wake_r, 64)
@@ -345,16 +360,16 @@ class Server:
             log.critical("the stdin reader failed", exc_info=exc)
             self._stop_with(StopReason.FATAL)
 
-    def _read_chunk_or_fail(self, interrupt_fd: int, *, in_turn: bool) -> Iterable[tuple[TaskRequest, Reply]] | None:
+    def _read_chunk_or_fail(self, interrupt_fd: int, read_on: ReadOn | None = None) -> Iterable[Task] | None:
         """:meth:`_read_chunk` for the threads that host reading, which must go on running tasks if reading fails.
 
-        ``in_turn``: its tasks are accepted one by one as the caller iterates (see ``_unaccepted``).
+        ``read_on``: see :class:`~runqy.inline.ReadChunk`.
         """
         with self._hosted_read:
             if self._hosting_over:
                 return []  # as if interrupted: the host has been told to stop reading
             try:
-                return self._read_chunk(interrupt_fd, in_turn=in_turn)
+                return self._read_chunk(interrupt_fd, self._in_turn, read_on)
             except Exception as exc:
                 log.critical("reading stdin failed", exc_info=exc)
                 self._stop_with(StopReason.FATAL)
@@ -370,28 +385,29 @@ class Server:
                 return
 
     def _read_chunk(
-        self, interrupt_fd: int | None = None, *, in_turn: bool = False
-    ) -> Iterable[tuple[TaskRequest, Reply]] | None:
+        self, interrupt_fd: int | None = None, in_turn: bool = False, read_on: ReadOn | None = None
+    ) -> Iterable[Task] | None:
         """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
 
         See :meth:`_read_lines`; once shutdown began, also tells a main thread waiting
         for stdin to be read (refused lines are sent by then).
         """
-        tasks = self._read_lines(interrupt_fd, in_turn)
+        tasks = self._read_lines(interrupt_fd, in_turn, read_on)
         if self._reason is not None:
             with self._read_done:
                 self._read_done.notify_all()
         return tasks
 
     def _read_lines(
-        self, interrupt_fd: int | None, in_turn: bool = False
-    ) -> Iterable[tuple[TaskRequest, Reply]] | None:
+        self, interrupt_fd: int | None, in_turn: bool = False, read_on: ReadOn | None = None
+    ) -> Iterable[Task] | None:
         """Read what stdin holds (one read) and accept its lines; None once stdin is closed.
 
         When stdin has nothing yet, waits for it or for ``interrupt_fd``, and returns []
         when only that fd became readable: the inline thread's readers are interrupted
         so (see :mod:`runqy.inline`). ``in_turn``: each line is accepted as the caller
-        iterates, not all before the first runs. Called by one thread at a time.
+        iterates, not all before the first runs, and ``read_on`` may let the iteration
+        go on with what stdin holds by then (see :meth:`_read_on`). Called by one thread at a time.
         """
         if self._eof:
             return None
@@ -413,44 +429,97 @@ class Server:
                 tasks = self._accept_waiting_locked() + self._accept_all([last_line])
             self._stop_with(StopReason.EOF)
             return tasks
-        lines = (self._pending + chunk).split(b"\n")
-        self._pending = lines.pop()
+        lines = self._lines_of(chunk)
         if self.one_shot:
             for line in lines:
                 if (task := accept(line)) is not None:
                     return [task]  # the lines after it are not read: this process serves one task
             return []
-        if in_turn and len(lines) <= _BURST_OPEN:
-            with self._accepting:
-                if not self.inflight.closed:
-                    self._unaccepted.extend(lines)
-                    return self._accept_in_turn()
+        if in_turn and self._leave_in_turn(lines):
+            return self._accept_in_turn(read_on)
         # All accepted now: for the reader thread; for a burst, whose answers then go out several
         # to a write (see InFlight.answer); or, once admission is closed, refused before the main
         # thread can end the process.
         return self._accept_all(lines)
 
-    def _accept_all(self, lines: Iterable[bytes]) -> list[tuple[TaskRequest, Reply]]:
+    def _lines_of(self, chunk: bytes) -> list[bytes]:
+        """The complete lines that ``chunk`` ends; its incomplete last line waits for the next read."""
+        lines = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()
+        return lines
+
+    def _leave_in_turn(self, lines: list[bytes]) -> bool:
+        """Leave ``lines`` to be accepted one by one as they run; False for a burst, or once admission is closed."""
+        if len(lines) > _BURST_OPEN:
+            return False
+        with self._accepting:
+            if self.inflight.closed:
+                return False
+            self._unaccepted.extend(lines)
+            return True
+
+    def _accept_all(self, lines: Iterable[bytes]) -> list[Task]:
         """Accept each line (see :meth:`_accept`): the tasks admitted."""
         accept = self._accept
         return [task for line in lines if (task := accept(line)) is not None]
 
-    def _accept_waiting_locked(self) -> list[tuple[TaskRequest, Reply]]:
+    def _accept_waiting_locked(self) -> list[Task]:
         """Accept the lines read and not accepted yet, in order (under ``_accepting``)."""
         tasks = self._accept_all(self._unaccepted)
         self._unaccepted.clear()
         return tasks
 
-    def _accept_in_turn(self) -> Iterator[tuple[TaskRequest, Reply]]:
-        """Accept the lines read so far, one each time the caller asks for the next task."""
+    def _accept_in_turn(self, read_on: ReadOn | None) -> Iterator[Task]:
+        """Accept the lines read so far, one each time the caller asks for the next task.
+
+        Then, while ``read_on`` allows, go on with the lines stdin holds by then (see :meth:`_read_on`).
+        """
         accepting, unaccepted, accept = self._accepting, self._unaccepted, self._accept
         while True:
             with accepting:
-                if not unaccepted:
-                    return
-                task = accept(unaccepted.popleft())
+                line = unaccepted.popleft() if unaccepted else None
+                task = None if line is None else accept(line)
             if task is not None:
                 yield task
+            elif line is None:
+                if read_on is None or (more := self._read_on(read_on)) is None:
+                    return
+                yield from more
+
+    def _read_on(self, read_on: ReadOn) -> list[Task] | None:
+        """Once a hosted read's tasks are all run: take the lines stdin already holds, without waiting.
+
+        The thread that ran them reads again here, rather than going back to its own loop
+        first: with the Go worker's few requests in flight, those arrive while the tasks
+        before them run, and going round that loop cost the sequential runner a tenth of
+        its throughput. Returns [] when the lines wait in ``_unaccepted`` for the caller to
+        go on with, the tasks of a burst or of a refusal, or None when nothing was read:
+        stdin holds nothing yet (or is closed), the host must not read now (``read_on()``
+        is False), or shutdown began. Then the host reads as usual, through its own loop.
+        """
+        # Every read holds this lock, also while it waits for stdin: held by another thread, it
+        # means that one reads now (the host's helper), and this one does not wait for it.
+        if not self._hosted_read.acquire(blocking=False):
+            return None
+        try:
+            if (
+                self._hosting_over
+                or self._reason is not None
+                or not self._stdin_nonblocking
+                or not read_on()
+                or not self.inflight.has_room()
+            ):
+                return None
+            try:
+                chunk = self._stdin.read(_READ_CHUNK_BYTES)
+            except OSError:
+                return None  # the next read meets it again, and says so
+            if not chunk:
+                return None  # nothing yet (None), or the end of stdin, which the next read meets again
+            lines = self._lines_of(chunk)
+            return [] if self._leave_in_turn(lines) else self._accept_all(lines)
+        finally:
+            self._hosted_read.release()
 
     def _close_admission(self) -> None:
         """Admit the lines read and not accepted yet, then accept no more.
@@ -465,19 +534,17 @@ class Server:
         self._submit(read)
 
     def _read_stdin(self, interrupt_fd: int | None) -> bytes | None:
-        """One read of stdin; None when ``interrupt_fd`` became readable first."""
-        try:
-            return os.read(self._stdin_fd, _READ_CHUNK_BYTES)
-        except BlockingIOError:
-            # stdin is non-blocking while an inline thread reads it (see serve()): so a read
-            # finds requests already waiting with one system call, and only waits (here,
-            # where the interrupt fd can end the wait) when there are none.
-            if not self._stdin_first(interrupt_fd):
-                return None
-        try:
-            return os.read(self._stdin_fd, _READ_CHUNK_BYTES)
-        except BlockingIOError:
-            return None  # woken for nothing: the caller reads again
+        """One read of stdin; None when ``interrupt_fd`` became readable first.
+
+        stdin is non-blocking while a host reads it (see serve()): so a read finds requests
+        already waiting with one system call, and only waits (polling, where the interrupt
+        fd can end the wait) when there are none. ``FileIO`` returns None then, where
+        ``os.read`` would raise: an exception costs more than the read.
+        """
+        chunk = self._stdin.read(_READ_CHUNK_BYTES)
+        if chunk is None and self._stdin_first(interrupt_fd):
+            chunk = self._stdin.read(_READ_CHUNK_BYTES)
+        return chunk
 
     def _stdin_first(self, interrupt_fd: int | None) -> bool:
         """Wait until stdin or ``interrupt_fd`` is readable; True when stdin is (or is closed)."""
@@ -492,7 +559,7 @@ class Server:
         ready = poll(None) if len(self.inflight) else self._stdin_wait.wait(poll)
         return any(fd == self._stdin_fd for fd, _ in ready)
 
-    def _accept(self, line: bytes) -> tuple[TaskRequest, Reply] | None:
+    def _accept(self, line: bytes) -> Task | None:
         """Parse and admit one line: the accepted task, or None when the line was answered or blank."""
         try:
             request = parse_request(line)
@@ -509,7 +576,7 @@ class Server:
             return None
         return request, reply
 
-    def _submit(self, tasks: list[tuple[TaskRequest, Reply]]) -> None:
+    def _submit(self, tasks: list[Task]) -> None:
         if not tasks:
             return
         try:
@@ -602,6 +669,15 @@ class Server:
 
 def _nothing() -> None:
     pass
+
+
+def _stdin_reader(fd: int) -> io.RawIOBase:
+    """stdin as a raw file that leaves the descriptor open; an empty one, with an error logged, if it is closed."""
+    try:
+        return io.FileIO(fd, "r", closefd=False)
+    except OSError as exc:
+        log.error("cannot read stdin: %s", exc)
+        return io.FileIO(os.devnull, "r")
 
 
 def _stdin_nonblocking(fd: int) -> Callable[[], None]:
