@@ -68,8 +68,9 @@ class ReadChunk(Protocol):
     """Reads stdin once, waiting also on the given interrupt fd.
 
     Returns the tasks it read, [] when interrupted, None once stdin is closed. For a
-    host that ``runs_what_it_reads``, each task is accepted as the tasks are iterated:
-    it iterates them all, in order, before it reads again. Given ``read_on``, the
+    host that ``runs_what_it_reads``, each task is accepted as the tasks are iterated,
+    in order; those a thread leaves (it stopped, say, behind a long task) come first
+    in the next read, without waiting for stdin, by whichever thread. Given ``read_on``, the
     iteration goes on with the lines stdin holds by the time those tasks have run,
     without waiting, for as long as ``read_on()`` allows: it is asked under the lock
     that every read of stdin holds, so a read by another of the host's threads comes

@@ -411,6 +411,10 @@ class Server:
         """
         if self._eof:
             return None
+        if in_turn and self._unaccepted:
+            # Read before and not run yet, by a thread that stopped running them (the thread runner's
+            # guard took its turn away, or the inline thread's helper reads now): they come first.
+            return self._accept_in_turn(read_on)
         self.inflight.wait_for_room()
         try:
             chunk = self._read_stdin(interrupt_fd)

@@ -148,3 +148,23 @@ def test_a_pool_of_one_thread_runs_the_task_read_behind_a_held_one_once_it_is_fr
     assert worker.wait_for(second, timeout_s=ANSWER_S)
     assert worker.wait_for(first, timeout_s=ANSWER_S)
     assert [first.response and first.response["result"], second.response and second.response["result"]] == [0, 1]
+
+
+def test_a_burst_read_in_one_go_behind_a_long_task_is_shared_out_and_every_task_answered(
+    held: tuple[Path, Path], start_worker: WorkerFactory
+) -> None:
+    script, fifo = held
+    worker = start(script, start_worker)
+    # More than a read leaves to be accepted one by one: the whole burst is accepted at once,
+    # and the tasks behind the held one must still reach the other threads.
+    first, *rest = worker.submit_many(
+        [make_request({"n": 0, "fifo": str(fifo)}), *(make_request({"n": n, "sleep_s": 0.002}) for n in range(1, 60))]
+    )
+    for task in rest:
+        assert worker.wait_for(task, timeout_s=ANSWER_S), "a task read with a held one was never run"
+    assert [task.response["result"] for task in rest if task.response] == list(range(1, 60))
+    assert first.response is None
+    release(fifo)
+    assert worker.wait_for(first, timeout_s=ANSWER_S)
+    worker.close_stdin()
+    assert worker.wait(timeout_s=ANSWER_S) == 0

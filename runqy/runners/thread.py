@@ -67,8 +67,8 @@ class ThreadPool:
     is replaced at once, so the pool keeps ``max_threads`` serving threads.
     """
 
-    #: Its threads hand a read's tasks to one another (see ReadTurn), so each read is accepted whole.
-    runs_what_it_reads = False
+    #: The thread holding the read turn runs what it read one task after another (see ReadTurn).
+    runs_what_it_reads = True
 
     def __init__(
         self,
@@ -185,7 +185,7 @@ class ThreadPool:
             self._turn.stop_hosting()
 
     def _hand_over(self, tasks: list[tuple[TaskRequest, Reply]]) -> bool:
-        # Called by the read turn's guard with the lock held; after close() a thread may be gone.
+        # Called by the read turn with the lock held; after close() a thread may be gone.
         if self._closed:
             return False
         arrived = time.monotonic()
