@@ -52,22 +52,27 @@ def release(fifo: Path) -> None:
         writer.write("go")
 
 
+# Two: read in one chunk, the requests behind the held one wait to be parsed one by one, in turn.
+# Fifty-nine: a burst, accepted whole at once, whose tasks must still reach the other threads.
+@pytest.mark.parametrize("quick_count", [2, 59], ids=["read-in-turn", "burst-accepted-whole"])
 def test_tasks_read_together_with_a_held_one_are_answered_while_it_runs(
-    held: tuple[Path, Path], start_worker: WorkerFactory
+    quick_count: int, held: tuple[Path, Path], start_worker: WorkerFactory
 ) -> None:
     script, fifo = held
     worker = start(script, start_worker)
-    # One write: the worker reads the three in one chunk, and the held task comes first.
+    # One write: the worker reads them in one chunk, and the held task comes first.
     first, *quick = worker.submit_many(
-        [make_request({"n": 0, "fifo": str(fifo)}), make_request({"n": 1}), make_request({"n": 2})]
+        [make_request({"n": 0, "fifo": str(fifo)}), *(make_request({"n": n}) for n in range(1, quick_count + 1))]
     )
     for task in quick:
         assert worker.wait_for(task, timeout_s=ANSWER_S), "a quick task waited behind a held one"
-    assert [task.response["result"] for task in quick if task.response] == [1, 2]
+    assert [task.response["result"] for task in quick if task.response] == list(range(1, quick_count + 1))
     assert first.response is None
     release(fifo)
     assert worker.wait_for(first, timeout_s=ANSWER_S)
     assert first.response is not None and first.response["result"] == 0
+    worker.close_stdin()
+    assert worker.wait(timeout_s=ANSWER_S) == 0
 
 
 def test_stdin_is_read_and_answered_while_tasks_hold_threads(
@@ -148,23 +153,3 @@ def test_a_pool_of_one_thread_runs_the_task_read_behind_a_held_one_once_it_is_fr
     assert worker.wait_for(second, timeout_s=ANSWER_S)
     assert worker.wait_for(first, timeout_s=ANSWER_S)
     assert [first.response and first.response["result"], second.response and second.response["result"]] == [0, 1]
-
-
-def test_a_burst_read_in_one_go_behind_a_long_task_is_shared_out_and_every_task_answered(
-    held: tuple[Path, Path], start_worker: WorkerFactory
-) -> None:
-    script, fifo = held
-    worker = start(script, start_worker)
-    # More than a read leaves to be accepted one by one: the whole burst is accepted at once,
-    # and the tasks behind the held one must still reach the other threads.
-    first, *rest = worker.submit_many(
-        [make_request({"n": 0, "fifo": str(fifo)}), *(make_request({"n": n, "sleep_s": 0.002}) for n in range(1, 60))]
-    )
-    for task in rest:
-        assert worker.wait_for(task, timeout_s=ANSWER_S), "a task read with a held one was never run"
-    assert [task.response["result"] for task in rest if task.response] == list(range(1, 60))
-    assert first.response is None
-    release(fifo)
-    assert worker.wait_for(first, timeout_s=ANSWER_S)
-    worker.close_stdin()
-    assert worker.wait(timeout_s=ANSWER_S) == 0

@@ -47,9 +47,9 @@ def test_requests_arriving_while_tasks_run_are_each_answered_once_with_their_pay
     assert len(answered) == TASKS
     assert all(outcome.response is not None for outcome in outcomes), "a request was left unanswered"
     assert sorted(outcome.response["result"]["n"] for outcome in outcomes if outcome.response) == list(range(TASKS))
-    assert all(
-        outcome.response["result"] == outcome.request["payload"] for outcome in outcomes if outcome.response
-    ), "a payload came back changed: a line was cut or joined wrongly"
+    assert all(outcome.response["result"] == outcome.request["payload"] for outcome in outcomes if outcome.response), (
+        "a payload came back changed: a line was cut or joined wrongly"
+    )
     ran = [int(n) for n in log.read_text().split()]
     if runner == "sequential":
         assert ran == list(range(TASKS)), "the sequential runner ran requests out of the order they arrived in"
