@@ -10,7 +10,8 @@ The thread that takes it holds it: it reads, runs what it read one task after an
                                                   │ one task has run hand_over_after_s
     guard ── takes the turn away: it goes back to the pool's queue; the idle thread (or
              a new one, up to max_threads) that takes it runs the requests read and not
-             started yet, then reads on, while the slow task finishes where it is
+             started yet, then reads on, while the slow task finishes where it is (the
+             tasks of a burst, accepted whole, go to the queue ahead of it, for any thread)
 
 So with quick tasks one thread reads, runs and answers with no hand-off at all, and a
 slow task keeps neither stdin unread nor the tasks behind it waiting for longer than
