@@ -67,14 +67,16 @@ ReadOn = Callable[[], bool]
 class ReadChunk(Protocol):
     """Reads stdin once, waiting also on the given interrupt fd.
 
-    Returns the tasks it read, [] when interrupted, None once stdin is closed. For a
-    host that ``runs_what_it_reads``, each task is accepted as the tasks are iterated,
-    in order; those a thread leaves (it stopped, say, behind a long task) come first
-    in the next read, without waiting for stdin, by whichever thread. Given ``read_on``, the
-    iteration goes on with the lines stdin holds by the time those tasks have run,
-    without waiting, for as long as ``read_on()`` allows: it is asked under the lock
-    that every read of stdin holds, so a read by another of the host's threads comes
-    after any read it allowed, and the tasks stay in order.
+    Returns the tasks it read, [] when interrupted, None once stdin is closed. A list
+    holds tasks accepted already (a burst, refusals, the last ones at the end of stdin).
+    For a host that ``runs_what_it_reads``, anything else accepts each task as it is
+    iterated, in order; those a thread leaves (it stopped, say, behind a long task) come
+    first in the next read, by whichever thread, without waiting for stdin.
+
+    Given ``read_on``, the iteration goes on with the lines stdin holds by the time those
+    tasks have run, without waiting, for as long as ``read_on()`` allows: it is asked
+    under the lock that every read of stdin holds, so a read by another of the host's
+    threads comes after any read it allowed, and the tasks stay in order.
     """
 
     def __call__(self, interrupt_fd: int, read_on: ReadOn | None = None, /) -> Iterable[Task] | None: ...
