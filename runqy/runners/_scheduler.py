@@ -27,7 +27,7 @@ from runqy.runners._child import DONE, LOAD_FAILED, READY, RETIRE, WROTE
 from runqy.runners._children import ChildProcess, ChildState, Job
 from runqy.runners._crashes import CrashLedger
 from runqy.runners._dispatch import Dispatcher, Limits
-from runqy.runners._supervisor import ChildSupervisor, Replies
+from runqy.runners._supervisor import ChildSupervisor, Replies, send_replies
 from runqy.runners.base import Reply
 from runqy.shared_stdout import SharedStdout
 
@@ -103,8 +103,7 @@ class Scheduler(Dispatcher):
                 raise RunnerClosed(f"{len(tasks)} task(s) submitted while the process runner is {self.state.value}")
             self._queue_locked(tasks, refused)
             self._dispatch_locked()
-        for reply, response in refused:
-            reply(response)
+        send_replies(refused)
 
     def _queue_locked(
         self, tasks: list[tuple[TaskRequest, Reply]], refused: Replies, answers_to: SharedStdout | None = None
@@ -478,7 +477,7 @@ class Scheduler(Dispatcher):
             self._children_may_write = False
             for child in self.children:
                 self._settle_written_locked(child, replies)
-        _send(replies)
+        send_replies(replies)
 
     def _settle_written_locked(self, child: ChildProcess, replies: Replies) -> None:
         """Revoke the child's writing of answers and finish the tasks whose answers it already wrote.
@@ -533,14 +532,9 @@ class Scheduler(Dispatcher):
                 child.kill(what)
                 child.stop_cause = "memory"
                 self._all_crashed_locked(jobs, f"task stopped: {what}", replies, child.pid)
-        _send(replies)
+        send_replies(replies)
         if self.supervisor is not None:
             self.supervisor.wake()
-
-
-def _send(replies: Replies) -> None:
-    for reply, response in replies:
-        reply(response)
 
 
 def _nothing(response: TaskResponse) -> None:

@@ -32,7 +32,7 @@ from runqy.runners.base import Reply
 from runqy.shared_stdout import SharedStdout, claimed
 from runqy.spin import SpinWait
 
-__all__ = ["ChildSupervisor", "Replies", "SupervisedEvents"]
+__all__ = ["ChildSupervisor", "Replies", "SupervisedEvents", "send_replies"]
 
 log = logging.getLogger("runqy")
 
@@ -202,10 +202,10 @@ class ChildSupervisor:
         """Send the replies of one pass; while serving stdin, their lines go out in one write."""
         stdin = self._stdin
         if stdin is None or len(replies) < 2:
-            _send(replies)
+            send_replies(replies)
             return
         with stdin.answers_together():
-            _send(replies)
+            send_replies(replies)
 
     def _read(self, events: list[tuple[selectors.SelectorKey, int]]) -> tuple[_Arrived, list[ChildProcess], bool]:
         """Read every message waiting, without the lock: only this thread reads the pipes or closes them.
@@ -338,7 +338,7 @@ def _read_messages(child: ChildProcess) -> list[Any] | None:
         return None
 
 
-def _send(replies: Replies) -> None:
-    # Outside the lock: a reply callback may take its own locks or be slow.
+def send_replies(replies: Replies) -> None:
+    """Send replies gathered under the runner's lock; outside it: a reply callback may take its own locks or be slow."""
     for reply, response in replies:
         reply(response)

@@ -54,7 +54,7 @@ from runqy.protocol import TaskRequest
 from runqy.runners._child import ChildSpec
 from runqy.runners._children import KILL_GRACE_S, ChildState, tree_rss_bytes, watch_memory
 from runqy.runners._scheduler import Limits, Scheduler
-from runqy.runners._supervisor import ChildSupervisor
+from runqy.runners._supervisor import ChildSupervisor, send_replies
 from runqy.runners.base import Capabilities, Reply, Runner
 
 if TYPE_CHECKING:
@@ -208,8 +208,7 @@ class PersistentProcessRunner(Runner):
         if replies is None:
             return  # closed before
         self._closing.set()
-        for reply, response in replies:
-            reply(response)
+        send_replies(replies)
         if self._supervisor is not None:
             self._supervisor.join(KILL_GRACE_S + 2.0)
             atexit.unregister(self._supervisor.kill_all)
