@@ -170,14 +170,18 @@ class InFlight:
             self._answering.remove(key)
         # Sent before reading _waiters, as a waiter counts itself before it checks:
         # either the waiter sees this answer, or this answer sees the waiter.
-        if self._waiters and len(self._open) <= self._resume_at:
-            with self._changed:
-                self._changed.notify_all()
+        if self._waiters:
+            self._wake_waiters()
 
     def _written_elsewhere(self, key: int, response: TaskResponse) -> None:
         if self._open.pop(key, None) is None:
             self._drop(key, response)
-        elif self._waiters and len(self._open) <= self._resume_at:
+        elif self._waiters:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        """Wake the threads waiting for answers, once these may end a wait (rare: see ``_changed``)."""
+        if len(self._open) <= self._resume_at:
             with self._changed:
                 self._changed.notify_all()
 
