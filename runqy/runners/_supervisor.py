@@ -179,14 +179,7 @@ class ChildSupervisor:
             tasks = self._read_stdin(stdin) if stdin is not None and stdin_ready else []
             replies: Replies = []
             with self._lock:
-                for child, messages in arrived:
-                    for message in messages:
-                        self._events.on_message_locked(child, message, replies)
-                for child in exited:
-                    if child in self._watched:
-                        self._exited_locked(child, replies)
-                if stdin is not None and tasks:  # after the answers: the children they freed take these at once
-                    self._events.on_tasks_locked(tasks, replies, stdin.shared_stdout)
+                self._events_locked(arrived, exited, tasks, stdin, replies)
             self._answer(replies)  # before the rounds below, which can wait: the Go worker cannot
             replies = []
             with self._lock:
@@ -197,6 +190,31 @@ class ChildSupervisor:
             self._answer(replies)
             if fatal is not None:
                 self._report_fatal(fatal)
+
+    def _events_locked(
+        self,
+        arrived: _Arrived,
+        exited: list[ChildProcess],
+        tasks: list[tuple[TaskRequest, Reply]],
+        stdin: HostedStdin | None,
+        replies: Replies,
+    ) -> None:
+        """What one pass read: the children's messages, their exits, and the requests read from stdin."""
+        answers_to = stdin.shared_stdout if stdin is not None else None
+        if tasks and not exited:
+            # First: their dispatch is what the Go worker waits for, and the answers read below
+            # go out only after the lock anyway; the pass's tick gives what is left to a child
+            # those answers free. Not after an exit, whose child could still be picked.
+            self._events.on_tasks_locked(tasks, replies, answers_to)
+            tasks = []
+        for child, messages in arrived:
+            for message in messages:
+                self._events.on_message_locked(child, message, replies)
+        for child in exited:
+            if child in self._watched:
+                self._exited_locked(child, replies)
+        if tasks:
+            self._events.on_tasks_locked(tasks, replies, answers_to)
 
     def _answer(self, replies: Replies) -> None:
         """Send the replies of one pass; while serving stdin, their lines go out in one write."""
