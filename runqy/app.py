@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import inspect
 import logging
@@ -84,6 +85,10 @@ class Registry:
         self.max_wait_ms = max_wait_ms
         self.offload = offload
         return fn
+
+    def forget(self) -> None:
+        """Let go of the handler and the loader (see ``default_registry``)."""
+        self.handler = self.loader = None
 
     def batch_spec(self) -> BatchSpec | None:
         """How the handler's calls are batched; None when it takes one payload per call."""
@@ -280,6 +285,11 @@ def _name(fn: Callable[..., Any] | None) -> str:
 
 
 default_registry = Registry()
+# At exit, the interpreter clears this module only after its last collection of reference cycles,
+# and a worker module's globals are in one with its own functions: held here until then, the
+# handler would keep them from ever being finalized, and a file the module left open would lose
+# what it had not flushed yet.
+atexit.register(default_registry.forget)
 #: Register the worker's task handler (``@task``), as in runqy-python.
 task = default_registry.task
 #: Register the worker's loader (``@load``), as in runqy-python.

@@ -103,7 +103,7 @@ def test_run_once_serves_exactly_one_task_and_exits_0(slow_worker: Path, start_w
 EXIT_WORKER = """
 import atexit, sys, threading
 from pathlib import Path
-from runqy import task, run_once
+from runqy import task, {call}
 
 OUT = Path.cwd()
 kept = open(OUT / "kept.txt", "w")  # held by the module until the interpreter exits, never flushed by the code
@@ -123,16 +123,18 @@ def handle(payload):
     return "written"
 
 if __name__ == "__main__":
-    run_once()
+    {call}()
 """
 
 
-def test_a_one_shot_exit_keeps_every_flush_atexit_handler_and_thread(
-    write_worker: Callable[[str], Path], start_worker: WorkerFactory, tmp_path: Path
+@pytest.mark.parametrize("call", ["run_once", "run"])
+def test_an_exit_keeps_every_flush_atexit_handler_and_thread(
+    write_worker: Callable[[str], Path], start_worker: WorkerFactory, tmp_path: Path, call: str
 ) -> None:
     # What the interpreter's teardown does for the worker's own code must all still happen after
     # the answer: a module's unclosed file flushed, atexit handlers run, non-daemon threads joined.
-    worker = start_worker(write_worker(EXIT_WORKER))
+    # One-shot, and at the end of stdin.
+    worker = start_worker(write_worker(EXIT_WORKER.format(call=call)))
     answer = worker.submit(make_request("data"))
     worker.close_stdin()
     assert worker.wait(timeout_s=10) == 0
