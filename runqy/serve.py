@@ -41,6 +41,7 @@ from runqy.protocol import (
     TaskResponse,
     encode_response,
     parse_request,
+    parse_request_stdlib,
 )
 from runqy.runners.base import Reply, Runner
 from runqy.spin import SpinWait, in_seconds
@@ -245,6 +246,8 @@ class Server:
         self.channel = channel
         self.shutdown_timeout_s = shutdown_timeout_s
         self.one_shot = one_shot
+        #: One request is not worth pydantic-core's import (see runqy.protocol.prepare_parser).
+        self._parse = parse_request_stdlib if one_shot else parse_request
         self.inflight = InFlight(channel, runner.capacity + _MAX_QUEUED, runner.telemetry)
         self._stdin_fd = 0
         #: stdin, read through ``FileIO`` (see _read_stdin); set by serve().
@@ -571,7 +574,7 @@ class Server:
     def _accept(self, line: bytes) -> Task | None:
         """Parse and admit one line: the accepted task, or None when the line was answered or blank."""
         try:
-            request = parse_request(line)
+            request = self._parse(line)
         except ProtocolError as exc:
             if not line.strip():
                 return None  # blank lines are allowed; checked only here, where they are rare

@@ -94,9 +94,10 @@ class Worker:
 
         global _served
         _served = True
-        # Beside @load and the runner's start, not before the ready line nor on the first request.
-        # Not a daemon: an import cut short by the interpreter's exit aborts the process.
-        threading.Thread(target=prepare_parser, name="runqy-prepare-parser").start()
+        if not one_shot:
+            # Beside @load and the runner's start, not before the ready line nor on the first request.
+            # Not a daemon: an import cut short by the interpreter's exit aborts the process.
+            threading.Thread(target=prepare_parser, name="runqy-prepare-parser").start()
         settings = self.settings
         configure_logging(settings.log_level, settings.log_format)
         channel = _claim_channel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -11,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runqy.errors import ProtocolError
-from runqy.protocol import MAX_LINE_BYTES, TaskRequest, TaskResponse, encode_response, parse_request
+from runqy.protocol import (
+    MAX_LINE_BYTES,
+    TaskRequest,
+    TaskResponse,
+    encode_response,
+    parse_request,
+    parse_request_stdlib,
+)
 
 # What the Go worker can send: valid UTF-8 text (no lone surrogates), finite numbers.
 text = st.text(st.characters(exclude_categories=("Cs",)))
@@ -65,9 +73,17 @@ def strict_loads(line: bytes) -> Any:
     return json.loads(line, parse_constant=reject)
 
 
+# Both parsers take the same lines to the same requests: pydantic-core's for a serving
+# worker, the standard library's for a one-shot one (and for the message of a line the first rejects).
+parsers = pytest.mark.parametrize("parse", [parse_request, parse_request_stdlib], ids=["validator", "stdlib"])
+
+
+@parsers
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(requests)
-def test_any_request_as_the_go_worker_writes_it_round_trips(request: TaskRequest) -> None:
+def test_any_request_as_the_go_worker_writes_it_round_trips(
+    parse: Callable[[bytes], TaskRequest], request: TaskRequest
+) -> None:
     line = json.dumps(
         {
             "task_id": request.task_id,
@@ -80,7 +96,7 @@ def test_any_request_as_the_go_worker_writes_it_round_trips(request: TaskRequest
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode()
-    assert parse_request(line) == request
+    assert parse(line) == request
 
 
 # Each field of a request as anything a line may hold: the right type, any JSON value, or absent.
@@ -99,21 +115,24 @@ request_fields = st.fixed_dictionaries(
 EXPECTED_TYPES = {"task_id": str, "type": str, "queue": str, "retry_count": int, "max_retry": int}
 
 
+@parsers
 @settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 @given(request_fields)
-def test_a_request_is_accepted_exactly_when_its_fields_have_their_types(fields: dict[str, Any]) -> None:
+def test_a_request_is_accepted_exactly_when_its_fields_have_their_types(
+    parse: Callable[[bytes], TaskRequest], fields: dict[str, Any]
+) -> None:
     present = {name: value for name, value in fields.items() if value is not MISSING}
     line = json.dumps(present).encode()
     well_typed = "task_id" in present and all(
         type(present[name]) is kind for name, kind in EXPECTED_TYPES.items() if name in present
     )
     if well_typed:
-        assert parse_request(line) == TaskRequest(
+        assert parse(line) == TaskRequest(
             **{name: value for name, value in present.items() if name in TaskRequest._fields}
         )
     else:
         with pytest.raises(ProtocolError) as raised:
-            parse_request(line)
+            parse(line)
         # The first field that is wrong; task_id is wrong when absent, the others take defaults.
         wrong = next(
             name

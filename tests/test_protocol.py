@@ -6,6 +6,7 @@ import json
 import math
 import os
 import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -20,6 +21,7 @@ from runqy.protocol import (
     encode_response,
     error_status_line,
     parse_request,
+    parse_request_stdlib,
 )
 
 GO_WORKER_LINE = (
@@ -56,11 +58,13 @@ def test_a_null_payload_is_passed_as_none() -> None:
         b'{"task_id": true}',
         b'{"task_id": "x", "max_retry": 1.5}',
         b"\xff\xfe",
+        pytest.param(b'{"task_id": "x", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", id="nested-100000"),
     ],
 )
-def test_malformed_requests_raise_protocol_error(line: bytes) -> None:
+@pytest.mark.parametrize("parse", [parse_request, parse_request_stdlib], ids=["validator", "stdlib"])
+def test_malformed_requests_raise_protocol_error(parse: Callable[[bytes], TaskRequest], line: bytes) -> None:
     with pytest.raises(ProtocolError):
-        parse_request(line)
+        parse(line)
 
 
 def test_booleans_are_not_accepted_as_integers() -> None:
