@@ -1,6 +1,6 @@
 """No-op tasks through the real Go worker's code (go-driver) and through `runqy local`: every runner vs 0.2.2.
 
-    .venv/bin/python benchmarks/bench_go.py [--go-driver PATH] [--tasks 20000] [--rounds 5] [--in-flight 1,8]
+    .venv/bin/python benchmarks/bench_go.py [--go-driver PATH] [--tasks N] [--rounds 5] [--in-flight 1,8]
         [--set RUNQY_NAME=VALUE ...]
 
 go-driver runs runqy-worker's own ``ProcessSupervisor`` and ``StdioHandler``: it starts
@@ -15,6 +15,13 @@ Every worker is the same three-line echo script, differing only in its import li
 driver and the pipes). Rounds alternate the workers so that machine noise hits them
 alike; the run with the median throughput stands for each. The same loads then go
 through ``runqy local``'s driver, so both drivers are on record.
+
+Throughput is what a worker sustains once started, so a run is long (by default
+20,000 tasks at 1 in flight, 100,000 above: a second or more each); start-up has
+rows of its own. Each round also starts every worker for one task, which gives the
+time from spawn to the ready line and from the ready line to the first answer: a
+worker may say it is ready before it is done preparing (runqy builds its request
+parser beside its start), and the Go worker sends its first request at once.
 """
 
 from __future__ import annotations
@@ -120,6 +127,11 @@ def go_run(driver: Path, worker: str, contender: Contender, tasks: int, in_fligh
     return {"tasks_per_s": result["tasks_per_s"], "p50_ms": result["p50_ms"], "startup_ms": result["startup_ms"]}
 
 
+def default_tasks(in_flight: int) -> int:
+    """Tasks per run: about a second or more of work for every worker at that load."""
+    return 20000 if in_flight == 1 else 100000
+
+
 def local_run(script: Path, contender: Contender, tasks: int, in_flight: int) -> dict[str, float]:
     result = measure(
         contender.label,
@@ -134,13 +146,12 @@ def local_run(script: Path, contender: Contender, tasks: int, in_flight: int) ->
 
 def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
     ordered = sorted(runs, key=lambda run: run["tasks_per_s"])
-    chosen = dict(ordered[len(ordered) // 2])
-    if "startup_ms" in chosen:
-        chosen["startup_ms"] = statistics.median(run["startup_ms"] for run in runs)
-    return chosen
+    return ordered[len(ordered) // 2]
 
 
-def table(title: str, figures: dict[int, dict[str, dict[str, float]]], with_startup: bool) -> str:
+def table(
+    title: str, figures: dict[int, dict[str, dict[str, float]]], starts: dict[str, list[dict[str, float]]] | None
+) -> str:
     labels = [c.label for c in CONTENDERS]
     lines = [f"**{title}**", "", "| load | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for in_flight, by_label in figures.items():
@@ -153,18 +164,21 @@ def table(title: str, figures: dict[int, dict[str, dict[str, float]]], with_star
         lines.append(f"| no-op, {in_flight} in flight | " + " | ".join(cells) + " |")
         cells = [f"{by_label[label]['p50_ms'] * 1000:,.0f} µs" for label in labels]
         lines.append(f"| p50 round trip, {in_flight} in flight | " + " | ".join(cells) + " |")
-    if with_startup:
-        first = next(iter(figures.values()))
-        lines.append(
-            "| spawn to ready line | " + " | ".join(f"{first[lb]['startup_ms']:.0f} ms" for lb in labels) + " |"
-        )
+    if starts is not None:
+        ready = {label: statistics.median(run["startup_ms"] for run in starts[label]) for label in labels}
+        first = {label: statistics.median(run["p50_ms"] for run in starts[label]) for label in labels}
+        lines.append("| spawn to ready line | " + " | ".join(f"{ready[label]:.0f} ms" for label in labels) + " |")
+        cells = [f"{first[label]:.1f} ms" for label in labels]
+        lines.append("| ready line to first answer | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--go-driver", help="path of the go-driver binary (default: $RUNQY_GO_DRIVER or ~/go-driver)")
-    parser.add_argument("--tasks", type=int, default=20000, help="tasks per run (default 20000)")
+    parser.add_argument(
+        "--tasks", type=int, help="tasks per run (default 20000 at 1 in flight, 100000 at more: steady throughput)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median run is shown")
     parser.add_argument("--in-flight", default="1,8", help="comma-separated requests in flight (default 1,8)")
     parser.add_argument("--skip-local", action="store_true", help="only the Go driver")
@@ -196,7 +210,12 @@ def main() -> None:
         scripts["runqy"].write_text(WORKER.format(module="runqy"))
         for title, through_go in drivers:
             runs: dict[int, dict[str, list[dict[str, float]]]] = {n: {c.label: [] for c in CONTENDERS} for n in loads}
+            starts: dict[str, list[dict[str, float]]] = {c.label: [] for c in CONTENDERS}
             for round_number in range(args.rounds):
+                if through_go:
+                    for contender in CONTENDERS:
+                        script = scripts[contender.script]
+                        starts[contender.label].append(go_run(driver, f"{sys.executable} {script}", contender, 1, 1))
                 for in_flight in loads:
                     for contender in CONTENDERS:
                         print(
@@ -205,19 +224,21 @@ def main() -> None:
                             flush=True,
                         )
                         script = scripts[contender.script]
+                        tasks = args.tasks or default_tasks(in_flight)
                         run = (
-                            go_run(driver, f"{sys.executable} {script}", contender, args.tasks, in_flight)
+                            go_run(driver, f"{sys.executable} {script}", contender, tasks, in_flight)
                             if through_go
-                            else local_run(script, contender, args.tasks, in_flight)
+                            else local_run(script, contender, tasks, in_flight)
                         )
                         runs[in_flight][contender.label].append(run)
             figures = {n: {label: median_run(r) for label, r in by.items()} for n, by in runs.items()}
+            counts = ", ".join(f"{args.tasks or default_tasks(n)} at {n} in flight" for n in loads)
             print(
                 table(
-                    f"{title}: {args.tasks} no-op tasks, median of {args.rounds} alternating rounds"
+                    f"{title}: no-op tasks ({counts}), median of {args.rounds} alternating rounds"
                     + "".join(f", {item}" for item in args.set),
                     figures,
-                    with_startup=through_go,
+                    starts if through_go else None,
                 )
             )
             print()
