@@ -76,7 +76,8 @@ class ReadChunk(Protocol):
     Given ``read_on``, the iteration goes on with the lines stdin holds by the time those
     tasks have run, without waiting, for as long as ``read_on()`` allows: it is asked
     under the lock that every read of stdin holds, so a read by another of the host's
-    threads comes after any read it allowed, and the tasks stay in order.
+    threads comes after any read it allowed, and the tasks stay in order. A burst read
+    so ends the iteration: the next read returns its tasks, accepted already, as a list.
     """
 
     def __call__(self, interrupt_fd: int, read_on: ReadOn | None = None, /) -> Iterable[Task] | None: ...

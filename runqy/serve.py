@@ -271,6 +271,9 @@ class Server:
         #: Whoever takes a line (that thread, or the shutdown) accepts it under ``_accepting``,
         #: so that each is accepted once (see _close_admission).
         self._unaccepted: collections.deque[bytes] = collections.deque()
+        #: The tasks of a burst that reading on accepted whole (see _read_on): the host's next
+        #: read returns them, as a list, before reading more. Taken under ``_accepting``.
+        self._read_ahead: list[Task] = []
         self._accepting = threading.Lock()
         #: stdin and the inline thread's interrupt fd, polled together (built on first use),
         #: with the interrupt fd it was built for.
@@ -416,12 +419,10 @@ class Server:
         iterates, not all before the first runs, and ``read_on`` may let the iteration
         go on with what stdin holds by then (see :meth:`_read_on`). Called by one thread at a time.
         """
+        if (before := self._read_before(in_turn, read_on)) is not None:
+            return before
         if self._eof:
             return None
-        if in_turn and self._unaccepted:
-            # Read before and not run yet, by a thread that stopped running them (the thread runner's
-            # guard took its turn away, or the inline thread's helper reads now): they come first.
-            return self._accept_in_turn(read_on)
         self.inflight.wait_for_room()
         try:
             chunk = self._read_stdin(interrupt_fd)
@@ -452,6 +453,22 @@ class Server:
         # to a write (see InFlight.answer); or, once admission is closed, refused before the main
         # thread can end the process.
         return self._accept_all(lines)
+
+    def _read_before(self, in_turn: bool, read_on: ReadOn | None) -> Iterable[Task] | None:
+        """What was read and not run yet, which comes before reading more; None when nothing was.
+
+        A burst that reading on accepted whole (see :meth:`_read_on`), or lines a thread
+        read and stopped running (the thread runner's guard took its turn away, or the
+        inline thread's helper reads now).
+        """
+        if self._read_ahead:
+            with self._accepting:
+                tasks, self._read_ahead = self._read_ahead, []
+            if tasks:  # else the shutdown took them (see _close_admission)
+                return tasks
+        if in_turn and self._unaccepted:
+            return self._accept_in_turn(read_on)
+        return None
 
     def _lines_of(self, chunk: bytes) -> list[bytes]:
         """The complete lines that ``chunk`` ends; its incomplete last line waits for the next read."""
@@ -492,27 +509,28 @@ class Server:
                 task = None if line is None else accept(line)
             if task is not None:
                 yield task
-            elif line is None:
-                if read_on is None or (more := self._read_on(read_on)) is None:
-                    return
-                yield from more
+            elif line is None and (read_on is None or not self._read_on(read_on)):
+                return
 
-    def _read_on(self, read_on: ReadOn) -> list[Task] | None:
+    def _read_on(self, read_on: ReadOn) -> bool:
         """Once a hosted read's tasks are all run: take the lines stdin already holds, without waiting.
 
         The thread that ran them reads again here, rather than going back to its own loop
         first: with the Go worker's few requests in flight, those arrive while the tasks
         before them run, and going round that loop first took about 3 µs per read (the
         sequential runner answers 1.15x as many no-op tasks at 8 in flight without it).
-        Returns [] when the lines wait in ``_unaccepted`` for the caller to
-        go on with, the tasks of a burst or of a refusal, or None when nothing was read:
-        stdin holds nothing yet (or is closed), the host must not read now (``read_on()``
-        is False), or shutdown began. Then the host reads as usual, through its own loop.
+        Returns True when the lines read wait in ``_unaccepted`` for the caller to go on
+        with. False when nothing was read (stdin holds nothing yet or is closed, the host
+        must not read now as ``read_on()`` says, or shutdown began), and for a burst: its
+        tasks, accepted whole, wait in ``_read_ahead`` for the host's next read, which
+        returns them as a list. Yielded from here, the thread runner's holder would lose
+        those after a task that cost it the read turn, as it stops iterating then. Either
+        way the host then reads as usual, through its own loop.
         """
         # Every read holds this lock, also while it waits for stdin: held by another thread, it
         # means that one reads now (the host's helper), and this one does not wait for it.
         if not self._hosted_read.acquire(blocking=False):
-            return None
+            return False
         try:
             if (
                 self._hosting_over
@@ -521,15 +539,20 @@ class Server:
                 or not read_on()
                 or not self.inflight.has_room()
             ):
-                return None
+                return False
             try:
                 chunk = self._stdin.read(_READ_CHUNK_BYTES)
             except OSError:
-                return None  # the next read meets it again, and says so
+                return False  # the next read meets it again, and says so
             if not chunk:
-                return None  # nothing yet (None), or the end of stdin, which the next read meets again
+                return False  # nothing yet (None), or the end of stdin, which the next read meets again
             lines = self._lines_of(chunk)
-            return [] if self._leave_in_turn(lines) else self._accept_all(lines)
+            if self._leave_in_turn(lines):
+                return True
+            tasks = self._accept_all(lines)  # a burst, or refusals once admission closed
+            with self._accepting:
+                self._read_ahead.extend(tasks)
+            return False
         finally:
             self._hosted_read.release()
 
@@ -541,7 +564,8 @@ class Server:
         shutdown timeout. Under ``_accepting``, so that no line is added or taken meanwhile.
         """
         with self._accepting:
-            read = self._accept_waiting_locked()
+            read = self._read_ahead + self._accept_waiting_locked()
+            self._read_ahead = []
             self.inflight.close()
         self._submit(read)
 

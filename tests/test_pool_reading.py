@@ -22,6 +22,8 @@ from runqy import task, run
 
 @task
 def handle(payload):
+    if payload.get("say"):
+        print(f"running {payload['n']}", file=sys.stderr, flush=True)
     time.sleep(payload.get("sleep_s", 0))
     if "fifo" in payload:
         print(f"holding {payload['n']}", file=sys.stderr, flush=True)
@@ -71,6 +73,32 @@ def test_tasks_read_together_with_a_held_one_are_answered_while_it_runs(
     release(fifo)
     assert worker.wait_for(first, timeout_s=ANSWER_S)
     assert first.response is not None and first.response["result"] == 0
+    worker.close_stdin()
+    assert worker.wait(timeout_s=ANSWER_S) == 0
+
+
+def test_a_burst_read_on_is_all_answered_when_one_of_its_tasks_takes_the_turn_away(
+    held: tuple[Path, Path], start_worker: WorkerFactory
+) -> None:
+    # The thread holding the turn runs twenty tasks read together, each shorter than the
+    # guard's 1 ms; the burst written meanwhile is what it reads on. The burst's first task
+    # runs long, so the guard takes the turn away: the 39 behind it must still run. (On a
+    # busy machine the guard may take the turn earlier, and the burst is read as usual.)
+    script, _ = held
+    worker = start(script, start_worker)
+    first = worker.submit_many(
+        [
+            make_request({"n": 0, "say": True, "sleep_s": 0.0005}),
+            *(make_request({"n": n, "sleep_s": 0.0005}) for n in range(1, 20)),
+        ]
+    )
+    worker.wait_for_stderr("running 0")
+    burst = worker.submit_many(
+        [make_request({"n": 20, "sleep_s": 0.02}), *(make_request({"n": n}) for n in range(21, 60))]
+    )
+    for task in first + burst:
+        assert worker.wait_for(task, timeout_s=ANSWER_S), f"task {task.request['payload']['n']} was never answered"
+    assert sorted(task.response["result"] for task in first + burst if task.response) == list(range(60))
     worker.close_stdin()
     assert worker.wait(timeout_s=ANSWER_S) == 0
 
