@@ -111,13 +111,18 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return {**env, **extra}
 
 
-def go_run(driver: Path, worker: str, contender: Contender, tasks: int, in_flight: int) -> dict[str, float]:
-    """One go-driver run of ``worker`` (a command line, which go-driver splits on spaces)."""
-    command = [
+def go_command(driver: Path, worker: str, tasks: int, in_flight: int) -> list[str]:
+    """go-driver's command line for a run of ``worker`` (a command line, which go-driver splits on spaces)."""
+    return [
         str(driver),
         *("-n", str(tasks), "-c", str(in_flight), "-payload", '{"i":{i}}', "-expect", "echo"),
         *("-shutdown", "close-stdin", "-v", "0", "-cmd", worker),
     ]
+
+
+def go_run(driver: Path, worker: str, contender: Contender, tasks: int, in_flight: int) -> dict[str, float]:
+    """One go-driver run of ``worker`` (a command line, which go-driver splits on spaces)."""
+    command = go_command(driver, worker, tasks, in_flight)
     done = subprocess.run(command, capture_output=True, text=True, env=clean_env(contender.env), timeout=600)
     if done.returncode != 0:
         raise SystemExit(f"go-driver failed for {contender.label}: {done.stderr[-2000:]}")
