@@ -36,13 +36,13 @@ _SAMPLE_S = 0.005
 Spent = tuple[float, float, float]
 
 
-def role(pid: int, parent: int, command: str, root: int) -> str:
+def role(pid: int, parent: int, cmdline: str, root: int) -> str:
     """A name for a process of the tree that is the same in every run (children are numbered in run_tree())."""
     if pid == root:
         return "go-driver"
     if parent == root:
         return "worker"
-    return "resource tracker" if "resource_tracker" in command else "child"
+    return "resource tracker" if "resource_tracker" in cmdline else "child"
 
 
 def system_calls_by_thread(pid: int) -> dict[int, tuple[int, int]]:
@@ -77,11 +77,11 @@ def run_tree(driver: Path, script: Path, contender: Contender, tasks: int, in_fl
         for process in tree:
             try:
                 with process.oneshot():
-                    cpu, parent, command = process.cpu_times(), process.ppid(), " ".join(process.cmdline())
+                    cpu, parent, cmdline = process.cpu_times(), process.ppid(), " ".join(process.cmdline())
                 calls.setdefault(process.pid, {}).update(system_calls_by_thread(process.pid))
             except (psutil.Error, OSError):
                 continue  # gone between the listing and the reading: its last sample stands
-            seen[process.pid] = (parent, command, cpu.user + cpu.system)
+            seen[process.pid] = (parent, cmdline, cpu.user + cpu.system)
         with contextlib.suppress(subprocess.TimeoutExpired):
             driving.wait(_SAMPLE_S)
     result = json.loads((driving.stdout.read() if driving.stdout else "").strip().splitlines()[-1])
@@ -89,8 +89,8 @@ def run_tree(driver: Path, script: Path, contender: Contender, tasks: int, in_fl
         raise SystemExit(f"{contender.label}: {result['ok']} of {tasks} tasks answered correctly: {result}")
     spent: dict[str, Spent] = {}
     children = 0
-    for pid, (parent, command, cpu_s) in sorted(seen.items()):
-        name = role(pid, parent, command, root.pid)
+    for pid, (parent, cmdline, cpu_s) in sorted(seen.items()):
+        name = role(pid, parent, cmdline, root.pid)
         if name == "child":
             children += 1
             name = f"child {children}"
