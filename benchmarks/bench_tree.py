@@ -101,15 +101,15 @@ def run_tree(driver: Path, script: Path, contender: Contender, tasks: int, in_fl
 
 def per_task(long: dict[str, Spent], short: dict[str, Spent], tasks: int) -> dict[str, Spent]:
     """What each process spent per task between the short run and the long one."""
-    zero: Spent = (0.0, 0.0, 0.0)
-    return {
-        name: (
-            (figures[0] - short.get(name, zero)[0]) * 1e6 / tasks,
-            (figures[1] - short.get(name, zero)[1]) / tasks,
-            (figures[2] - short.get(name, zero)[2]) / tasks,
+    steady: dict[str, Spent] = {}
+    for name, (cpu_s, reads, writes) in long.items():
+        short_cpu_s, short_reads, short_writes = short.get(name, (0.0, 0.0, 0.0))
+        steady[name] = (
+            (cpu_s - short_cpu_s) * 1e6 / tasks,
+            (reads - short_reads) / tasks,
+            (writes - short_writes) / tasks,
         )
-        for name, figures in long.items()
-    }
+    return steady
 
 
 def main() -> None:
